@@ -1,0 +1,241 @@
+"""`analyze(...)`: every relation for every Linear layer of a model, as data (never printed)."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import relations as rel
+from .checkpoint import Checkpoint, load_checkpoint
+from .datasets import Dataset, load_dataset
+from .errors import FactError
+from .losses import check_loss
+from .metrics import METRICS
+from .stats import LayerSums, accumulate
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class LayerResult:
+    """One weight matrix: its feature matrices, relations and their agreement."""
+
+    name: str
+    in_features: int
+    out_features: int
+    stationarity: float
+    matrices: dict[str, torch.Tensor]
+    metrics: dict[str, dict[str, float]]
+    best_alpha: float = math.nan
+    kind: str = "linear"
+
+
+@dataclass
+class Analysis:
+    """The result of `analyze`: per-layer results plus the provenance a report records."""
+
+    layers: list[LayerResult]
+    info: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    def layer(self, name: str) -> LayerResult:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per (layer, relation), the fields of interfaces.md §4 (NaN = missing)."""
+        return [
+            {"checkpoint": self.info.get("checkpoint"), "layer": layer.name, "relation": name,
+             **values, "stationarity": layer.stationarity,
+             "in_features": layer.in_features, "out_features": layer.out_features}
+            for layer in self.layers for name, values in layer.metrics.items()
+        ]
+
+
+def linear_layers(model: nn.Module, patterns: list[str] | None = None) -> dict[str, nn.Linear]:
+    """Linear modules by module path, filtered by glob patterns (each must match something)."""
+    found = {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    if not found:
+        raise FactError("the model has no nn.Linear layer to analyze")
+    if not patterns:
+        return found
+    chosen: dict[str, nn.Linear] = {}
+    for pattern in patterns:
+        matches = [name for name in found if fnmatch.fnmatchcase(name, pattern)]
+        if not matches:
+            raise FactError(f"no layer matches {pattern!r}; layers: {', '.join(found)}")
+        chosen.update((name, found[name]) for name in matches)
+    return {name: found[name] for name in found if name in chosen}
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise FactError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise FactError("--device cuda asked for, but no CUDA device is available")
+    return resolved
+
+
+def _subsample(dataset: Dataset, max_samples: int | None, seed: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs, raw labels and weights (summing to 1), subsampled with a seeded generator."""
+    x, y, weights = dataset.x_train, dataset.y_train, dataset.weights
+    n = len(x)
+    if weights is None:
+        weights = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    if max_samples is not None and max_samples < n:
+        if max_samples < 1:
+            raise FactError(f"--max-samples must be positive (got {max_samples})")
+        generator = torch.Generator().manual_seed(seed)
+        index = torch.randperm(n, generator=generator)[:max_samples].sort().values
+        x, y, weights = x[index], y[index], weights[index]
+    return x, y, weights.double() / weights.double().sum()
+
+
+def analyze(
+    source: str | os.PathLike | Checkpoint | nn.Module,
+    dataset: str | Dataset | None = None,
+    *,
+    loss: str | None = None,
+    weight_decay: float | None = None,
+    alpha: float = 0.5,
+    relations: list[str] | None = None,
+    layers: list[str] | None = None,
+    device: str | torch.device | None = None,
+    batch_size: int = 1000,
+    max_samples: int | None = None,
+    seed: int = 0,
+    dtype: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    model: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Analysis:
+    """Analyze a checkpoint (path or `Checkpoint`) or an `nn.Module` on its training data.
+
+    Arguments left as None come from the checkpoint's `training` record; explicit ones win.
+    The model is evaluated in eval mode. Sums are accumulated in float64 over batches of
+    `batch_size`, so memory does not grow with the number of samples.
+    """
+    names = rel.check_relations(relations)
+    if batch_size < 1:
+        raise FactError(f"--batch-size must be positive (got {batch_size})")
+    training: dict[str, Any] = {}
+    info: dict[str, Any] = {"checkpoint": None, "checkpoint_sha256": None}
+    if isinstance(source, nn.Module):
+        network = source
+    else:
+        checkpoint = source if isinstance(source, Checkpoint) else load_checkpoint(source, model)
+        network, training = checkpoint.build(), checkpoint.training
+        info.update(checkpoint=str(checkpoint.path) if checkpoint.path else None,
+                    checkpoint_sha256=checkpoint.sha256, model=checkpoint.model)
+    loss = loss or training.get("loss")
+    if not loss:
+        _missing("loss", "--loss mse|cross_entropy")
+    check_loss(loss)
+    dataset = dataset if dataset is not None else training.get("dataset")
+    if dataset is None:
+        _missing("dataset", "--data SPEC")
+    data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_dir)
+    if weight_decay is None:
+        weight_decay = training.get("weight_decay")
+    warnings: list[str] = []
+    if not rel.has_scale(weight_decay):
+        warnings.append(f"weight decay λ is {'unknown' if weight_decay is None else weight_decay}:"
+                        " FACT is reported without its 1/λ scale, rel_err and stationarity "
+                        "are missing (correlations are still given); pass --weight-decay")
+    if str(training.get("optimizer", "")).lower() == "adamw":
+        warnings.append("trained with AdamW (decoupled weight decay): its fixed points are not "
+                        "critical points of L, so FACT holds only approximately")
+
+    run_device = _resolve_device(device)
+    run_dtype = _pick_dtype(dtype, network)
+    network = network.to(device=run_device, dtype=run_dtype).eval()
+    for module in network.modules():  # in-place activations would overwrite the captured z
+        if getattr(module, "inplace", False):
+            module.inplace = False
+    chosen = linear_layers(network, layers)
+    x, labels, weights = _subsample(data, max_samples, seed)
+    targets = Dataset(data.spec, x, labels, n_classes=data.n_classes).targets(loss)
+    sums = {name: LayerSums.zeros(layer, run_device) for name, layer in chosen.items()}
+    data_loss = torch.zeros((), dtype=torch.float64, device=run_device)
+    correct = torch.zeros((), dtype=torch.float64, device=run_device)
+    n = len(x)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        batch_x = x[start:stop].to(run_device, run_dtype)
+        batch_t = targets[start:stop].to(run_device)
+        if batch_t.is_floating_point():
+            batch_t = batch_t.to(run_dtype)
+        batch_w = weights[start:stop].to(run_device)
+        try:
+            losses, output = accumulate(network, chosen, sums, batch_x, batch_t, batch_w, loss)
+        except RuntimeError as error:
+            if start == 0:
+                first = str(error).strip().splitlines()[0]
+                raise FactError(f"the model does not fit dataset {data.spec!r} (inputs of shape "
+                                f"{tuple(x.shape[1:])}, {loss} targets): {first}") from None
+            raise
+        data_loss += (losses.double() * batch_w).sum()
+        if data.n_classes is not None and output.shape[1] == data.n_classes:
+            hits = output.argmax(dim=1) == labels[start:stop].to(run_device)
+            correct += (hits.double() * batch_w).sum()
+        if progress:
+            progress(stop, n)
+
+    results = []
+    for name, layer in chosen.items():
+        W = layer.weight.detach().double()
+        matrices = rel.compute(W, sums[name], weight_decay, alpha, names)
+        matrices = {key: value.cpu() for key, value in matrices.items()}
+        metrics = {}
+        for relation in names:
+            reference, candidate = matrices[rel.reference(relation)], matrices[relation]
+            values = {metric: fn(reference, candidate) for metric, fn in METRICS.items()}
+            if relation not in rel.FACT_FAMILY or not rel.has_scale(weight_decay):
+                values["rel_err"] = math.nan
+            metrics[relation] = values
+        fitted = rel.best_alpha(matrices["nfm"], matrices["agop"]) if "agop" in matrices else \
+            math.nan
+        results.append(LayerResult(name, W.shape[1], W.shape[0],
+                                   rel.stationarity(W, sums[name], weight_decay),
+                                   matrices, metrics, fitted))
+    penalty = sum(float(p.detach().double().pow(2).sum()) for p in network.parameters())
+    data_loss_value = float(data_loss)
+    info.update(
+        dataset=data.spec, n_samples=n, n_train=data.n_train, max_samples=max_samples,
+        sample_seed=seed, loss=loss, weight_decay=weight_decay, alpha=alpha, relations=list(names),
+        device=str(run_device), dtype=str(run_dtype).removeprefix("torch."),
+        torch_version=torch.__version__, mode="eval", weighted=data.weights is not None,
+        data_loss=data_loss_value,
+        objective=data_loss_value + 0.5 * weight_decay * penalty
+        if rel.has_scale(weight_decay) else math.nan,
+        accuracy=float(correct) if data.n_classes is not None else math.nan,
+        training=training,
+    )
+    return Analysis(results, info, warnings)
+
+
+def _missing(what: str, flag: str) -> None:
+    raise FactError(f"the checkpoint does not record its {what}; pass {flag}")
+
+
+def _pick_dtype(dtype: str | None, network: nn.Module) -> torch.dtype:
+    if dtype is None:
+        floating = [p.dtype for p in network.parameters() if p.is_floating_point()]
+        return torch.float64 if floating and floating[0] == torch.float64 else torch.float32
+    if dtype not in DTYPES:
+        raise FactError(f"unknown dtype {dtype!r}; choose float32 or float64")
+    return DTYPES[dtype]

@@ -1,0 +1,175 @@
+"""`factcli.checkpoint/1` in `.pt` and `.safetensors` (interfaces.md §1), and plain state_dicts.
+
+`.pt` files are read with `torch.load(weights_only=True)` only: a pickle that would run code is
+refused, never executed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import FactError
+from .files import atomic_path, sha256
+from .models import build_model, load_weights
+
+FORMAT = "factcli.checkpoint/1"
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds; `training` carries dataset, loss and weight_decay."""
+
+    model: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    training: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+    sha256: str | None = None
+
+    def build(self) -> nn.Module:
+        """The model with these weights, in the weights' floating dtype, in eval mode."""
+        model = build_model(self.model)
+        dtypes = {t.dtype for t in self.state_dict.values() if t.is_floating_point()}
+        if len(dtypes) == 1:
+            model = model.to(dtypes.pop())
+        load_weights(model, self.state_dict)
+        return model.eval()
+
+
+def parse_model_option(text: str) -> dict[str, Any]:
+    """`--model` as JSON (`{"arch": "mlp", ...}`) or as `arch=mlp,width=256,...`."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise FactError(f"--model is not valid JSON: {error}") from None
+        if not isinstance(value, dict):
+            raise FactError("--model JSON must be an object")
+        return value
+    result: dict[str, Any] = {}
+    for part in filter(None, text.split(",")):
+        key, eq, raw = part.partition("=")
+        if not eq:
+            raise FactError(f"bad --model entry {part!r}; expected key=value")
+        try:
+            result[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            result[key.strip()] = raw.strip()
+    return result
+
+
+def _infer_layout(arch: str, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Fill in sizes of a built-in arch from the weight shapes of a plain state_dict."""
+    if arch == "quadratic":
+        hidden, readout = state_dict.get("hidden.weight"), state_dict.get("readout.weight")
+        if hidden is None or readout is None:
+            return {}
+        return {"in_features": hidden.shape[1], "width": hidden.shape[0],
+                "out_features": readout.shape[0]}
+    weights = sorted((int(k.split(".")[0]), v) for k, v in state_dict.items()
+                     if k.endswith(".weight") and k.split(".")[0].isdigit())
+    if not weights:
+        return {}
+    inferred = {"in_features": weights[0][1].shape[1], "out_features": weights[-1][1].shape[0],
+                "width": weights[0][1].shape[0] if len(weights) > 1 else 1, "depth": len(weights)}
+    if arch == "mlp":
+        inferred["bias"] = any(k.endswith(".bias") for k in state_dict)
+    return inferred
+
+
+def _read_pt(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
+        raise FactError(f"{path} holds objects that loading would have to execute code for "
+                        f"(refused; only tensors and plain data are read): {first}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FactError(f"{path} is not a readable checkpoint (truncated or not a torch file): "
+                        f"{message}") from None
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise FactError(f"{path} is not a readable safetensors file: {error}") from None
+    return tensors, metadata
+
+
+def _json_field(metadata: dict[str, str], key: str, path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(metadata.get(key, "{}"))
+    except json.JSONDecodeError:
+        raise FactError(f"{path}: metadata field {key!r} is not valid JSON") from None
+
+
+def load_checkpoint(path: str | os.PathLike, model: dict[str, Any] | None = None,
+                    training: dict[str, Any] | None = None) -> Checkpoint:
+    """Read a checkpoint; `model` and `training` entries fill in or override what it lacks."""
+    source = Path(path)
+    if not source.is_file():
+        raise FactError(f"checkpoint not found: {source}")
+    if source.suffix == ".safetensors":
+        state_dict, metadata = _read_safetensors(source)
+        stored_model = _json_field(metadata, "model", source)
+        stored_training = _json_field(metadata, "training", source)
+    else:
+        content = _read_pt(source)
+        if isinstance(content, dict) and content.get("format") == FORMAT:
+            state_dict = content.get("state_dict", {})
+            stored_model = dict(content.get("model") or {})
+            stored_training = dict(content.get("training") or {})
+        elif isinstance(content, dict) and isinstance(content.get("format"), str):
+            raise FactError(f"{source} has format {content['format']!r}; this factcli reads "
+                            f"{FORMAT}")
+        elif isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
+            state_dict, stored_model, stored_training = content["state_dict"], {}, {}
+        elif isinstance(content, dict) and content and all(
+                isinstance(v, torch.Tensor) for v in content.values()):
+            state_dict, stored_model, stored_training = content, {}, {}
+        else:
+            raise FactError(f"{source} is not a checkpoint: expected a {FORMAT} dict or a "
+                            "state_dict of tensors")
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise FactError(f"{source}: state_dict must map parameter names to tensors")
+    merged_model = {**stored_model, **(model or {})}
+    if "arch" not in merged_model:
+        raise FactError(f"{source} does not say which model it holds (a plain state_dict?); "
+                        "pass --arch (mlp, linear, quadratic or package.module:factory) "
+                        "or --model")
+    if merged_model["arch"] in ("mlp", "linear", "quadratic"):
+        merged_model = {**_infer_layout(merged_model["arch"], state_dict), **merged_model}
+    merged_training = {**stored_training,
+                       **{k: v for k, v in (training or {}).items() if v is not None}}
+    return Checkpoint(merged_model, state_dict, merged_training, str(path), sha256(source))
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
+    """Write atomically: `.safetensors` by extension, `.pt` otherwise."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in checkpoint.state_dict.items()}
+    with atomic_path(path) as temporary:
+        if Path(path).suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(temporary), metadata={
+                "format": FORMAT, "model": json.dumps(checkpoint.model),
+                "training": json.dumps(checkpoint.training)})
+        else:
+            torch.save({"format": FORMAT, "model": checkpoint.model, "state_dict": tensors,
+                        "training": checkpoint.training}, temporary)

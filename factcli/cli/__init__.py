@@ -1,0 +1,13 @@
+"""The `fact` command line: one short module per command over the library API.
+
+Nothing here imports torch at module level, so `fact --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from ._app import app
+from . import analyze, compare, rfm, show, train  # noqa: E402,F401  (registers the commands)
+
+
+def main() -> None:
+    app(prog_name="fact")

@@ -1,0 +1,127 @@
+"""`fact analyze`: every relation for every Linear layer of a checkpoint."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._app import command, err, warn
+from .render import emit
+
+Data = Annotated[Optional[str], typer.Option("--data", help="Dataset spec (default: the one the "
+                                             "checkpoint records), e.g. mnist-10k, file:x.npz.")]
+DataDir = Annotated[Optional[Path], typer.Option(help="Folder with mnist/cifar10 files "
+                                                 "(default: $FACT_DATA_DIR).")]
+Arch = Annotated[Optional[str], typer.Option(help="Architecture of a plain state_dict: mlp, "
+                                             "linear, quadratic or package.module:factory.")]
+Model = Annotated[Optional[str], typer.Option(help="Model description as JSON or key=value,... "
+                                              "(e.g. arch=mlp,activation=tanh).")]
+Loss = Annotated[Optional[str], typer.Option(help="mse or cross_entropy (default: recorded).")]
+Decay = Annotated[Optional[float], typer.Option(help="λ, the coupled weight decay (default: "
+                                                "recorded).")]
+Alpha = Annotated[float, typer.Option(help="NFA power: nfa = AGOP^α.")]
+Relations = Annotated[Optional[str], typer.Option(help="Comma-separated relations (default: all).")]
+Layers = Annotated[Optional[str], typer.Option(help="Comma-separated module-path globs, e.g. "
+                                               "'0,4' or 'encoder.*'.")]
+Device = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N (default: cuda if "
+                                               "available).")]
+BatchSize = Annotated[int, typer.Option(help="Samples per batch (bounds memory).")]
+MaxSamples = Annotated[Optional[int], typer.Option(help="Analyze a seeded random subsample.")]
+Seed = Annotated[int, typer.Option(help="Seed of the --max-samples subsample.")]
+Dtype = Annotated[Optional[str], typer.Option(help="float32 or float64 (default: the weights').")]
+
+
+def split_list(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+@contextmanager
+def checkpoint_source(path: str):
+    """A checkpoint path; `-` reads the checkpoint bytes from stdin into a temporary file."""
+    if path != "-":
+        yield path
+        return
+    with tempfile.NamedTemporaryFile(suffix=".pt") as handle:
+        handle.write(sys.stdin.buffer.read())
+        handle.flush()
+        yield handle.name
+
+
+def run_analysis(checkpoint: str, data, data_dir, arch, model, loss, weight_decay, alpha,
+                 relations, layers, device, batch_size, max_samples, seed, dtype):
+    """Shared by `analyze` and `compare`: load, analyze with a progress bar, print warnings."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..analysis import analyze
+    from ..checkpoint import parse_model_option
+
+    overrides = parse_model_option(model) if model else {}
+    if arch:
+        overrides["arch"] = arch
+    with checkpoint_source(checkpoint) as path, Progress(
+            TextColumn("[bold]analyzing[/] {task.description}"), BarColumn(),
+            TextColumn("{task.completed}/{task.total} samples"), TimeRemainingColumn(),
+            console=err, transient=True) as bar:
+        task = bar.add_task(Path(checkpoint).name, total=None)
+        result = analyze(path, data, loss=loss, weight_decay=weight_decay, alpha=alpha,
+                         relations=split_list(relations), layers=split_list(layers),
+                         device=device, batch_size=batch_size, max_samples=max_samples,
+                         seed=seed, dtype=dtype, data_dir=data_dir, model=overrides or None,
+                         progress=lambda done, total: bar.update(task, completed=done,
+                                                                 total=total))
+    result.info["checkpoint"] = checkpoint
+    for message in result.warnings:
+        warn(message)
+    return result
+
+
+@command("analyze")
+def analyze_command(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint (.pt, .safetensors) or - for "
+                                              "stdin.")],
+    data: Data = None,
+    data_dir: DataDir = None,
+    arch: Arch = None,
+    model: Model = None,
+    loss: Loss = None,
+    weight_decay: Decay = None,
+    alpha: Alpha = 0.5,
+    relations: Relations = None,
+    layers: Layers = None,
+    device: Device = None,
+    batch_size: BatchSize = 1000,
+    max_samples: MaxSamples = None,
+    seed: Seed = 0,
+    dtype: Dtype = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="table, jsonl, json or tsv.")]
+    = "table",
+    metric: Annotated[str, typer.Option(help="Table metric: pearson, cosine or rel_err.")]
+    = "pearson",
+    report: Annotated[Optional[Path], typer.Option(help="Also write an HDF5 report here.")]
+    = None,
+    matrices: Annotated[bool, typer.Option(help="Store the matrices in --report.")] = True,
+) -> None:
+    """FACT, bFACT, NFA, eNFA and variants for every layer, with their agreement with WᵀW/WWᵀ."""
+    from ..files import check_writable
+    from ..report import write_report
+    from .render import FORMATS
+
+    if format not in FORMATS:
+        from ..errors import FactError
+
+        raise FactError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
+    if report is not None:
+        check_writable(report)
+    result = run_analysis(checkpoint, data, data_dir, arch, model, loss, weight_decay, alpha,
+                          relations, layers, device, batch_size, max_samples, seed, dtype)
+    if report is not None:
+        write_report(report, result, command=shlex.join(["fact", *sys.argv[1:]]),
+                     matrices=matrices)
+        err.print(f"report written to {report}")
+    emit(result, format, metric)

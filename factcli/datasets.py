@@ -1,0 +1,359 @@
+"""Dataset spec strings → seeded, deterministic data (interfaces.md §3).
+
+A spec is `name[:key=value,...]`; the same spec always yields the same tensors. Classification
+labels stay integers here; `Dataset.targets(loss)` applies the encoding of relations.md §1
+(one-hot for `mse`, labels for `cross_entropy`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import itertools
+import os
+import pickle
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import FactError
+
+
+@dataclass
+class Dataset:
+    """Train/test tensors. `weights` (summing to 1) replaces the uniform 1/n of the objective."""
+
+    spec: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor | None = None
+    y_test: torch.Tensor | None = None
+    n_classes: int | None = None
+    weights: torch.Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_train(self) -> int:
+        return len(self.x_train)
+
+    def targets(self, loss: str, split: str = "train") -> torch.Tensor:
+        """Targets as the loss wants them: one-hot floats for `mse`, labels for `cross_entropy`."""
+        labels = self.y_train if split == "train" else self.y_test
+        if labels is None:
+            raise FactError(f"dataset {self.spec!r} has no {split} split")
+        if self.n_classes is None:
+            if loss == "cross_entropy":
+                raise FactError(f"dataset {self.spec!r} has real-valued targets; "
+                                "cross_entropy needs class labels (use --loss mse)")
+            return labels if labels.ndim > 1 else labels.unsqueeze(1)
+        if loss == "mse":
+            return torch.nn.functional.one_hot(labels, self.n_classes).to(torch.get_default_dtype())
+        return labels
+
+    @property
+    def out_features(self) -> int:
+        if self.n_classes is not None:
+            return self.n_classes
+        return 1 if self.y_train.ndim == 1 else self.y_train.shape[1]
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """'name:a=1,b=2' → ('name', {'a': '1', 'b': '2'}); `file:` keeps its path as `path`."""
+    name, _, rest = spec.partition(":")
+    options: dict[str, str] = {}
+    parts = [part for part in rest.split(",") if part] if rest else []
+    if name == "file":
+        if not parts:
+            raise FactError("file: needs a path, e.g. file:data.npz")
+        options["path"] = parts.pop(0)
+    for part in parts:
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise FactError(f"bad option {part!r} in dataset spec {spec!r}; expected key=value")
+        options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
+class _Options:
+    """Typed access to spec options that names unknown keys and bad values."""
+
+    def __init__(self, spec: str, options: dict[str, str]):
+        self.spec, self.options, self.used = spec, options, set()
+
+    def get(self, key: str, default: Any, kind: type = int) -> Any:
+        self.used.add(key)
+        if key not in self.options:
+            return default
+        try:
+            return kind(self.options[key])
+        except ValueError:
+            raise FactError(f"option {key}={self.options[key]!r} in {self.spec!r} "
+                            f"is not a valid {kind.__name__}") from None
+
+    def done(self) -> None:
+        unknown = sorted(set(self.options) - self.used)
+        if unknown:
+            raise FactError(f"unknown option(s) {', '.join(unknown)} in dataset spec {self.spec!r}; "
+                            f"known: {', '.join(sorted(self.used))}")
+
+
+def _tensor(array: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).to(dtype or torch.get_default_dtype())
+
+
+def _split(spec: str, x: np.ndarray, y: np.ndarray, n_train: int, n_classes: int | None,
+           **info: Any) -> Dataset:
+    label_dtype = torch.long if n_classes is not None else None
+    return Dataset(spec, _tensor(x[:n_train]), _tensor(y[:n_train], label_dtype),
+                   _tensor(x[n_train:]), _tensor(y[n_train:], label_dtype), n_classes, info=info)
+
+
+def _parity(spec: str, o: _Options) -> Dataset:
+    d, k, n, seed = o.get("d", 50), o.get("k", 3), o.get("n", 2000), o.get("seed", 0)
+    n_test = o.get("n_test", n)
+    if not 1 <= k <= d:
+        raise FactError(f"parity needs 1 <= k <= d (got k={k}, d={d})")
+    rng = np.random.default_rng(seed)
+    hidden = np.sort(rng.choice(d, size=k, replace=False))
+    x = rng.choice([-1.0, 1.0], size=(n + n_test, d))
+    y = (x[:, hidden].prod(axis=1) > 0).astype(np.int64)
+    return _split(spec, x, y, n, 2, hidden=hidden.tolist())
+
+
+_OPS = {"add": lambda a, b, p: (a + b) % p, "sub": lambda a, b, p: (a - b) % p,
+        "mul": lambda a, b, p: (a * b) % p, "div": lambda a, b, p: (a * pow(int(b), p - 2, p)) % p}
+
+
+def _modular(spec: str, o: _Options) -> Dataset:
+    p, op = o.get("p", 61), o.get("op", "add", str)
+    train_frac, seed = o.get("train_frac", 0.5, float), o.get("seed", 0)
+    if op not in _OPS:
+        raise FactError(f"unknown modular op {op!r}; choose one of: {', '.join(_OPS)}")
+    if not 0 < train_frac < 1:
+        raise FactError(f"train_frac must lie in (0, 1) (got {train_frac})")
+    pairs = [(a, b) for a, b in itertools.product(range(p), repeat=2) if op != "div" or b]
+    pairs = np.array(pairs)[np.random.default_rng(seed).permutation(len(pairs))]
+    x = np.zeros((len(pairs), 2 * p))
+    x[np.arange(len(pairs)), pairs[:, 0]] = 1
+    x[np.arange(len(pairs)), p + pairs[:, 1]] = 1
+    y = np.array([_OPS[op](int(a), int(b), p) for a, b in pairs], dtype=np.int64)
+    return _split(spec, x, y, int(round(train_frac * len(pairs))), p)
+
+
+def _file(spec: str, o: _Options) -> Dataset:
+    path = Path(o.get("path", "", str))
+    labels = o.get("labels", "yes", str) != "no"
+    if not path.is_file():
+        raise FactError(f"dataset file not found: {path}")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as arrays:
+            if "x_train" not in arrays or "y_train" not in arrays:
+                raise FactError(f"{path} must hold arrays x_train and y_train "
+                                f"(found: {', '.join(arrays.files)})")
+            x_train, y_train = arrays["x_train"], arrays["y_train"]
+            x_test = arrays["x_test"] if "x_test" in arrays else None
+            y_test = arrays["y_test"] if "y_test" in arrays else None
+    elif path.suffix == ".csv":
+        target = o.get("target", -1)
+        header = o.get("header", 0)
+        try:
+            table = np.loadtxt(path, delimiter=",", skiprows=header, ndmin=2)
+        except ValueError as error:
+            raise FactError(f"cannot read {path} as numeric CSV: {error}") from None
+        y_train = table[:, target]
+        x_train, x_test, y_test = np.delete(table, target % table.shape[1], axis=1), None, None
+    else:
+        raise FactError(f"unsupported data file {path.name}; use .npz or .csv")
+    # Integer-valued 1-D targets are class labels unless the spec says `labels=no`.
+    is_labels = (labels and y_train.ndim == 1 and bool(np.all(y_train == np.round(y_train))))
+    n_classes = None
+    if is_labels:
+        labels = [y_train] + ([y_test] if y_test is not None else [])
+        n_classes = int(max(int(a.max()) for a in labels)) + 1
+        if min(int(a.min()) for a in labels) < 0:
+            raise FactError(f"{path}: class labels must be integers 0..C-1")
+    label_dtype = torch.long if n_classes is not None else None
+    return Dataset(spec, _tensor(x_train.reshape(len(x_train), -1)), _tensor(y_train, label_dtype),
+                   None if x_test is None else _tensor(x_test.reshape(len(x_test), -1)),
+                   None if y_test is None else _tensor(y_test, label_dtype), n_classes)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
+        raise FactError(f"{path} is not an idx file of unsigned bytes")
+    dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims)
+    if body.size != int(np.prod(shape)):
+        raise FactError(f"{path} is truncated: expected {int(np.prod(shape))} values, "
+                        f"found {body.size}")
+    return body.reshape(shape)
+
+
+def _data_dir(data_dir: str | os.PathLike | None) -> Path:
+    return Path(data_dir or os.environ.get("FACT_DATA_DIR") or ".")
+
+
+def _find(directory: Path, subdirs: tuple[str, ...], names: list[str]) -> Path | None:
+    for sub in subdirs:
+        for suffix in ("", ".gz"):
+            if all((directory / sub / (name + suffix)).is_file() for name in names):
+                return directory / sub
+    return None
+
+
+IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
+def _idx_dataset(spec: str, o: _Options, name: str, data_dir: Path) -> Dataset:
+    folder = _find(data_dir, ("", name, name.upper(), f"{name}/raw", f"{name.upper()}/raw"),
+                   IDX_FILES)
+    if folder is None:
+        raise FactError(f"{name} needs the files {', '.join(IDX_FILES)} (optionally .gz) in "
+                        f"{data_dir.resolve()} or its {name}/ subfolder; set --data-dir or "
+                        "FACT_DATA_DIR (or use the shipped subset: mnist-10k)")
+    arrays = []
+    for base in IDX_FILES:
+        path = folder / base
+        arrays.append(_read_idx(path if path.is_file() else path.with_name(base + ".gz")))
+    x_train, y_train, x_test, y_test = arrays
+    return _images(spec, o, x_train, y_train, x_test, y_test, 10)
+
+
+def _images(spec: str, o: _Options, x_train, y_train, x_test, y_test, n_classes: int) -> Dataset:
+    n, n_test = o.get("n", len(x_train)), o.get("n_test", len(x_test))
+    def prep(x):
+        return _tensor(x.reshape(len(x), -1).astype(np.float64) / 255.0)
+    return Dataset(spec, prep(x_train[:n]), _tensor(y_train[:n].astype(np.int64), torch.long),
+                   prep(x_test[:n_test]), _tensor(y_test[:n_test].astype(np.int64), torch.long),
+                   n_classes)
+
+
+def _mnist_10k(spec: str, o: _Options) -> Dataset:
+    """The 10,000 real MNIST digits shipped with factcli: first 8,000 train, last 2,000 test."""
+    with resources.files("factcli").joinpath("data/mnist-10k.npz").open("rb") as handle:
+        with np.load(io.BytesIO(handle.read())) as arrays:
+            images, labels = arrays["images"], arrays["labels"]
+    split = o.get("split", 8000)
+    if not 0 < split < len(images):
+        raise FactError(f"split must lie in 1..{len(images) - 1} (got {split})")
+    return _images(spec, o, images[:split], labels[:split], images[split:], labels[split:], 10)
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Reads the CIFAR-10 python batches: numpy arrays and builtins only, no other code runs."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if path.suffix == ".bin":
+        raw = np.fromfile(path, dtype=np.uint8)
+        if raw.size % 3073:
+            raise FactError(f"{path} is not a CIFAR-10 binary batch (size {raw.size})")
+        rows = raw.reshape(-1, 3073)
+        return rows[:, 1:], rows[:, 0].astype(np.int64)
+    try:
+        with open(path, "rb") as handle:
+            batch = _SafeUnpickler(handle, encoding="bytes").load()
+        return np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[b"labels"], np.int64)
+    except (pickle.UnpicklingError, KeyError, EOFError, TypeError) as error:
+        raise FactError(f"{path} is not a CIFAR-10 python batch: {error}") from None
+
+
+def _cifar10(spec: str, o: _Options, data_dir: Path) -> Dataset:
+    py = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    binary = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+    for names in (py, binary):
+        for sub in ("", "cifar-10-batches-py", "cifar-10-batches-bin", "cifar10"):
+            if all((data_dir / sub / name).is_file() for name in names):
+                batches = [_cifar_batch(data_dir / sub / name) for name in names]
+                x_train = np.concatenate([b[0] for b in batches[:5]])
+                y_train = np.concatenate([b[1] for b in batches[:5]])
+                return _images(spec, o, x_train, y_train, *batches[5], 10)
+    raise FactError(f"cifar10 needs {', '.join(py)} (python batches) or the .bin batches in "
+                    f"{data_dir.resolve()} or its cifar-10-batches-py/ or cifar-10-batches-bin/ "
+                    "subfolder; set --data-dir or FACT_DATA_DIR")
+
+
+def _separation(spec: str, o: _Options) -> Dataset:
+    """relations.md §6: AGOP weights coordinates that minimum-norm weights avoid.
+
+    With probability p, x is uniform on {−1,0,1}⁴; otherwise x = (s₁/τ^{3/2}, s₂/τ^{3/2}, s₃, s₄)
+    with s uniform on {±1}⁴. Target τ x₁x₂ + x₃x₄. `samples=0` (default) gives the exact
+    finite-support distribution as 97 weighted points; `samples=N` draws N points.
+    """
+    tau, p = o.get("tau", 0.1, float), o.get("p", 0.5, float)
+    samples, seed = o.get("samples", 0), o.get("seed", 0)
+    if tau <= 0 or not 0 < p < 1:
+        raise FactError(f"separation needs tau > 0 and 0 < p < 1 (got tau={tau}, p={p})")
+    grid = np.array(list(itertools.product([-1.0, 0.0, 1.0], repeat=4)))
+    signs = np.array(list(itertools.product([-1.0, 1.0], repeat=4)))
+    spiky = signs * np.array([tau ** -1.5, tau ** -1.5, 1.0, 1.0])
+    support = np.concatenate([grid, spiky])
+    mass = np.concatenate([np.full(len(grid), p / len(grid)),
+                           np.full(len(spiky), (1 - p) / len(spiky))])
+    def target(x):
+        return tau * x[:, 0] * x[:, 1] + x[:, 2] * x[:, 3]
+    if samples == 0:
+        return Dataset(spec, _tensor(support), _tensor(target(support)[:, None]),
+                       _tensor(support), _tensor(target(support)[:, None]),
+                       weights=_tensor(mass), info={"exact": True})
+    rng = np.random.default_rng(seed)
+    x = support[rng.choice(len(support), size=2 * samples, p=mass)]
+    return Dataset(spec, _tensor(x[:samples]), _tensor(target(x[:samples])[:, None]),
+                   _tensor(x[samples:]), _tensor(target(x[samples:])[:, None]))
+
+
+def _teacher_linear(spec: str, o: _Options) -> Dataset:
+    """Gaussian inputs x ~ N(0, I_d), targets y = βx with β ~ N(0, 1/d) entries (c × d)."""
+    d, c, n, seed = o.get("d", 10), o.get("c", 10), o.get("n", 100), o.get("seed", 0)
+    n_test = o.get("n_test", n)
+    rng = np.random.default_rng(seed)
+    beta = rng.standard_normal((c, d)) / np.sqrt(d)
+    x = rng.standard_normal((n + n_test, d))
+    y = x @ beta.T
+    return Dataset(spec, _tensor(x[:n]), _tensor(y[:n]), _tensor(x[n:]), _tensor(y[n:]))
+
+
+DATASETS = ("parity", "modular", "file", "mnist", "fashion-mnist", "mnist-10k", "cifar10",
+            "separation", "teacher-linear")
+
+
+def load_dataset(spec: str, data_dir: str | os.PathLike | None = None) -> Dataset:
+    """The dataset a spec string names; raises FactError naming what is wrong or missing."""
+    name, raw = parse_spec(spec)
+    options = _Options(spec, raw)
+    folder = _data_dir(data_dir)
+    builders = {
+        "parity": lambda: _parity(spec, options),
+        "modular": lambda: _modular(spec, options),
+        "file": lambda: _file(spec, options),
+        "mnist": lambda: _idx_dataset(spec, options, "mnist", folder),
+        "fashion-mnist": lambda: _idx_dataset(spec, options, "fashion-mnist", folder),
+        "mnist-10k": lambda: _mnist_10k(spec, options),
+        "cifar10": lambda: _cifar10(spec, options, folder),
+        "separation": lambda: _separation(spec, options),
+        "teacher-linear": lambda: _teacher_linear(spec, options),
+    }
+    if name not in builders:
+        raise FactError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    dataset = builders[name]()
+    options.done()
+    if not torch.isfinite(dataset.x_train).all():
+        raise FactError(f"dataset {spec!r} contains NaN or infinite inputs")
+    return dataset

@@ -1,0 +1,117 @@
+"""Models named by the `model` dict of a checkpoint (interfaces.md §1).
+
+`mlp`, `linear` and `quadratic` are built here; anything else is a user factory named by an
+import path `package.module:factory`, called with the dict's other entries as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import FactError
+
+ACTIVATIONS = ("relu", "gelu", "tanh", "quadratic", "identity")
+ARCHS = ("mlp", "linear", "quadratic")
+
+
+class Square(nn.Module):
+    """x ↦ x², the quadratic activation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * x
+
+
+def activation(name: str) -> nn.Module:
+    table = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "quadratic": Square,
+             "identity": nn.Identity}
+    if name not in table:
+        raise FactError(f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}")
+    return table[name]()
+
+
+def mlp(in_features: int, out_features: int, width: int, depth: int, activation_name: str = "relu",
+        bias: bool = True) -> nn.Sequential:
+    """`depth` Linear layers with an activation between each pair: names 0, 2, 4, …"""
+    if depth < 1 or width < 1:
+        raise FactError(f"an mlp needs depth >= 1 and width >= 1 (got depth={depth}, width={width})")
+    sizes = [in_features] + [width] * (depth - 1) + [out_features]
+    layers: list[nn.Module] = []
+    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        if index:
+            layers.append(activation(activation_name))
+        layers.append(nn.Linear(fan_in, fan_out, bias=bias))
+    return nn.Sequential(*layers)
+
+
+class Quadratic(nn.Module):
+    """f(x) = Σ_j a_j (w_jᵀx)²: a two-layer network with quadratic activation and no bias."""
+
+    def __init__(self, in_features: int, width: int, out_features: int = 1):
+        super().__init__()
+        self.hidden = nn.Linear(in_features, width, bias=False)
+        self.readout = nn.Linear(width, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.readout(self.hidden(x).pow(2))
+
+
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    """An `nn.Module` from a checkpoint's `model` dict."""
+    spec = dict(spec)
+    arch = spec.pop("arch", None)
+    if arch is None:
+        raise FactError("the model description has no 'arch'; pass --arch or --model")
+    try:
+        if arch == "mlp":
+            return mlp(spec["in_features"], spec["out_features"], spec["width"], spec["depth"],
+                       spec.get("activation", "relu"), spec.get("bias", True))
+        if arch == "linear":
+            return mlp(spec["in_features"], spec["out_features"], spec["width"], spec["depth"],
+                       "identity", bias=False)
+        if arch == "quadratic":
+            return Quadratic(spec["in_features"], spec["width"], spec.get("out_features", 1))
+    except KeyError as missing:
+        raise FactError(f"the {arch!r} model description lacks {missing.args[0]!r}") from None
+    except TypeError as error:
+        raise FactError(f"bad {arch!r} model description: {error}") from None
+    if ":" in arch:
+        return _user_model(arch, spec)
+    raise FactError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}, "
+                    "or name a factory as package.module:function")
+
+
+def _user_model(path: str, params: dict[str, Any]) -> nn.Module:
+    module_name, _, attribute = path.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise FactError(f"cannot import model factory {path!r}: {error}") from None
+    model = factory(**params)
+    if not isinstance(model, nn.Module):
+        raise FactError(f"model factory {path!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load weights strictly, naming what does not fit; refuse non-finite parameters."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:5])}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:5])}")
+        raise FactError(f"the weights do not fit the architecture: {'; '.join(parts)}")
+    for name, tensor in state_dict.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise FactError(f"the weights do not fit the architecture: {name} has shape "
+                            f"{tuple(tensor.shape)}, the model expects {tuple(expected[name].shape)}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise FactError(f"parameter {name} contains NaN or infinite values")
+    model.load_state_dict(state_dict)

@@ -1,0 +1,125 @@
+"""The relations of relations.md §2–3, computed from a weight W and its `LayerSums`.
+
+Scaling conventions: every sum is over samples with weights w_i summing to 1 (w_i = 1/n by
+default), so `agop`, `enfa`, `bagop`, `benfa` carry the 1/n, and `fact` = −(1/λ) Wᵀ∇_W L_data =
+−(1/(nλ)) Σ_i (Wᵀg_i) h_iᵀ. With λ unknown or 0 the FACT family is returned without the 1/λ
+(`scaled=False`): correlations stay meaningful, `rel_err` does not.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .errors import FactError
+from .linalg import psd_power, sqrt_outer
+from .stats import LayerSums
+
+FORWARD = ("fact", "fact_sym", "fact_sqrt", "nfa", "agop", "enfa")
+BACKWARD = ("bfact", "bfact_sym", "bfact_sqrt", "bnfa", "bagop", "benfa")
+RELATIONS = FORWARD + BACKWARD
+FACT_FAMILY = frozenset({"fact", "fact_sym", "fact_sqrt", "bfact", "bfact_sym", "bfact_sqrt"})
+
+
+def reference(relation: str) -> str:
+    """The feature matrix a relation is compared against: NFM = WᵀW or bNFM = WWᵀ."""
+    return "nfm" if relation in FORWARD else "bnfm"
+
+
+def check_relations(names: list[str] | None) -> tuple[str, ...]:
+    if not names:
+        return RELATIONS
+    unknown = [name for name in names if name not in RELATIONS]
+    if unknown:
+        raise FactError(f"unknown relation(s) {', '.join(unknown)}; choose from: "
+                        f"{', '.join(RELATIONS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def has_scale(weight_decay: float | None) -> bool:
+    return weight_decay is not None and weight_decay > 0 and math.isfinite(weight_decay)
+
+
+def stationarity(W: torch.Tensor, sums: LayerSums, weight_decay: float | None) -> float:
+    """‖∇_W L_data + λW‖_F / ‖λW‖_F: how far W is from a critical point (NaN if λ unknown)."""
+    if not has_scale(weight_decay):
+        return math.nan
+    decay = weight_decay * W
+    norm = decay.norm()
+    return float((sums.grad + decay).norm() / norm) if norm > 0 else math.nan
+
+
+def compute(W: torch.Tensor, sums: LayerSums, weight_decay: float | None, alpha: float,
+            names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """NFM, bNFM and the requested relations, all float64 (k×k forward, m×m backward)."""
+    W = W.double()
+    scale = 1.0 / weight_decay if has_scale(weight_decay) else 1.0
+    lazy = {
+        "nfm": lambda: W.mT @ W,
+        "bnfm": lambda: W @ W.mT,
+        "fact": lambda: -scale * (W.mT @ sums.grad),
+        "fact_sym": lambda: _sym(get("fact")),
+        "fact_sqrt": lambda: sqrt_outer(get("fact")),
+        "agop": lambda: W.mT @ sums.GG @ W,
+        "nfa": lambda: factored_power(W, sums.GG, alpha),
+        "enfa": lambda: W.mT @ sums.gg @ W,
+        "bfact": lambda: -scale * (sums.grad @ W.mT),
+        "bfact_sym": lambda: _sym(get("bfact")),
+        "bfact_sqrt": lambda: sqrt_outer(get("bfact")),
+        "bagop": lambda: sums.GG.clone(),
+        "bnfa": lambda: psd_power(sums.GG, alpha),
+        "benfa": lambda: sums.gg.clone(),
+    }
+    cache: dict[str, torch.Tensor] = {}
+
+    def get(name: str) -> torch.Tensor:
+        if name not in cache:
+            cache[name] = lazy[name]()
+        return cache[name]
+
+    return {name: get(name) for name in ("nfm", "bnfm", *names)}
+
+
+def factored_power(W: torch.Tensor, GG: torch.Tensor, alpha: float) -> torch.Tensor:
+    """(Wᵀ GG W)^α through the SVD of the factor A = D^{1/2} Qᵀ W, where GG = Q D Qᵀ.
+
+    AGOP inherits the rank deficiency of W (rank ≤ m < k for a wide input); taking the power of
+    the singular values of A keeps those zero directions exactly zero, where eigh of the product
+    would leave round-off that the power α < 1 inflates (ε^α).
+    """
+    eigenvalues, eigenvectors = torch.linalg.eigh((GG + GG.mT) / 2)
+    factor = eigenvalues.clamp(min=0).sqrt().unsqueeze(-1) * (eigenvectors.mT @ W)
+    _, singular, right = torch.linalg.svd(factor, full_matrices=False)
+    return (right.mT * singular.pow(2 * alpha)) @ right
+
+
+def _sym(matrix: torch.Tensor) -> torch.Tensor:
+    return (matrix + matrix.mT) / 2
+
+
+def best_alpha(feature: torch.Tensor, agop: torch.Tensor,
+               grid: torch.Tensor | None = None) -> float:
+    """The power α maximizing pearson(NFM, AGOP^α) on a grid (default 0.01 … 2.00).
+
+    One eigendecomposition serves the whole grid: with AGOP = V diag(d) Vᵀ, every quantity the
+    Pearson correlation needs is a weighted sum over eigenvalues d_j^α.
+    """
+    grid = torch.arange(1, 201, dtype=torch.float64) / 100 if grid is None else grid.double()
+    d, V = torch.linalg.eigh((agop.double() + agop.double().mT) / 2)
+    d = d.clamp(min=0)
+    keep = d > d.max() * 1e-12 if d.max() > 0 else torch.zeros_like(d, dtype=torch.bool)
+    if not keep.any():
+        return math.nan
+    d, V = d[keep], V[:, keep]
+    A = feature.double()
+    size = A.numel()
+    inner_a = torch.einsum("ij,ik,kj->j", V, A, V)        # v_jᵀ A v_j
+    ones_a = V.sum(dim=0) ** 2                            # (1ᵀ v_j)²
+    powers = d.unsqueeze(0) ** grid.unsqueeze(1)          # (grid, j)
+    mean_a, mean_b = A.mean(), (powers @ ones_a) / size
+    cross = powers @ inner_a - size * mean_a * mean_b
+    var_a = (A * A).sum() - size * mean_a ** 2
+    var_b = (powers ** 2).sum(dim=1) - size * mean_b ** 2
+    score = cross / (var_a * var_b).clamp(min=1e-300).sqrt()
+    return float(grid[torch.argmax(score)])

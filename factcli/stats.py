@@ -1,0 +1,103 @@
+"""Per-layer sums gathered from one forward and one batched backward per batch.
+
+For a Linear z = W h (+ b) with output gradients G_i = ∂f(x_i)/∂z ∈ R^{c×m} and loss gradient
+g_i = ∂ℓ_i/∂z = G_iᵀ ∂ℓ_i/∂f, every relation of relations.md §2–3 is a function of W and three
+float64 sums, each weighted by the sample weight w_i (1/n unless the dataset is weighted):
+
+    grad = Σ_i w_i g_i h_iᵀ  (m×k)   = ∇_W L_data: FACT, bFACT, stationarity
+    gg   = Σ_i w_i g_i g_iᵀ  (m×m)   : bENFA, and ENFA = Wᵀ gg W
+    GG   = Σ_i w_i G_iᵀ G_i  (m×m)   : bAGOP, and AGOP = Wᵀ GG W
+
+A position axis (tokens, patches) adds one term per (sample, position). g_i is obtained from
+the batched output gradients, so no separate backward pass of the loss is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .losses import per_sample_loss
+
+
+@dataclass
+class LayerSums:
+    grad: torch.Tensor
+    gg: torch.Tensor
+    GG: torch.Tensor
+
+    @classmethod
+    def zeros(cls, layer: nn.Linear, device: torch.device) -> LayerSums:
+        m, k = layer.weight.shape
+        def zero(*shape: int) -> torch.Tensor:
+            return torch.zeros(*shape, dtype=torch.float64, device=device)
+        return cls(zero(m, k), zero(m, m), zero(m, m))
+
+    def merge(self, other: LayerSums) -> None:
+        """Add sums gathered elsewhere (another process, another partition of the data)."""
+        self.grad += other.grad
+        self.gg += other.gg
+        self.GG += other.GG
+
+
+@contextlib.contextmanager
+def captured(layers: dict[str, nn.Linear]) -> Iterator[dict[str, list]]:
+    """Record (input, output) of every call of each layer; hooks are removed on exit."""
+    calls: dict[str, list] = {name: [] for name in layers}
+    handles = [
+        layer.register_forward_hook(lambda _m, args, output, name=name:
+                                    calls[name].append((args[0], output)))
+        for name, layer in layers.items()
+    ]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def output_gradients(output: torch.Tensor, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """∂f_k/∂z for all c outputs at once: one backward batched over the outputs (vmap)."""
+    c = output.shape[1]
+    basis = torch.eye(c, dtype=output.dtype, device=output.device)
+    basis = basis.unsqueeze(1).expand(c, *output.shape)
+    try:
+        return torch.autograd.grad(output, inputs, grad_outputs=basis, is_grads_batched=True,
+                                   allow_unused=True, materialize_grads=True)
+    except RuntimeError as error:
+        if "vmap" not in str(error).lower() and "batched" not in str(error).lower():
+            raise
+    # An operation without a batching rule: one backward per output instead (c passes).
+    per_output = [torch.autograd.grad(output, inputs, grad_outputs=basis[k], retain_graph=True,
+                                      allow_unused=True, materialize_grads=True)
+                  for k in range(c)]
+    return tuple(torch.stack(grads) for grads in zip(*per_output))
+
+
+def accumulate(model: nn.Module, layers: dict[str, nn.Linear], sums: dict[str, LayerSums],
+               x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+               loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add one batch to `sums`; returns (per-sample loss ℓ_i, model output) for bookkeeping."""
+    with captured(layers) as calls, torch.enable_grad():
+        output = model(x).reshape(len(x), -1)
+        flat = [(name, h, z) for name in layers for h, z in calls[name]]
+        gradients = output_gradients(output, [z for _, _, z in flat])
+    leaf = output.detach().requires_grad_()
+    with torch.enable_grad():
+        losses = per_sample_loss(loss, leaf, target)
+        (dloss,) = torch.autograd.grad(losses.sum(), leaf)  # row i: ∂ℓ_i/∂f(x_i)
+    for (name, h, _), G in zip(flat, gradients):
+        m = G.shape[-1]
+        g = torch.einsum("cb...m,bc->b...m", G, dloss)
+        w = weight.view(-1, *([1] * (g.ndim - 1))).to(g.dtype)
+        gw = (g * w).reshape(-1, m).double()
+        s = sums[name]
+        s.grad.addmm_(gw.mT, h.detach().reshape(-1, h.shape[-1]).double())
+        s.gg.addmm_(gw.mT, g.reshape(-1, m).double())
+        Gw = (G * w.unsqueeze(0)).reshape(-1, m).double()
+        s.GG.addmm_(Gw.mT, G.reshape(-1, m).double())
+    return losses.detach(), output.detach()

@@ -1,0 +1,184 @@
+"""The engine against the naive per-sample oracle, and FACT itself at a critical point."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from factcli.analysis import analyze
+from factcli.datasets import Dataset
+from factcli.relations import RELATIONS
+from tests.oracle import naive_relations
+
+
+class Residual(nn.Module):
+    """h feeds both the block and the skip, so ∂ℓ/∂h ≠ Wᵀg for the block's matrix."""
+
+    def __init__(self, bias=True):
+        super().__init__()
+        self.inp = nn.Linear(5, 6, bias=bias)
+        self.block = nn.Linear(6, 6, bias=bias)
+        self.out = nn.Linear(6, 3, bias=bias)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        h = h + torch.relu(self.block(h))
+        return self.out(h)
+
+
+class Tokens(nn.Module):
+    """Linear layers applied to (batch, tokens, features): every token contributes a term."""
+
+    def __init__(self, bias=True):
+        super().__init__()
+        self.embed = nn.Linear(4, 6, bias=bias)
+        self.mix = nn.Linear(6, 5, bias=bias)
+        self.head = nn.Linear(5, 3, bias=bias)
+
+    def forward(self, x):
+        h = torch.nn.functional.gelu(self.embed(x))
+        return self.head(torch.tanh(self.mix(h)).mean(dim=1))
+
+
+def relu_mlp(bias=True):
+    return nn.Sequential(nn.Linear(5, 7, bias=bias), nn.ReLU(), nn.Linear(7, 6, bias=bias),
+                         nn.ReLU(), nn.Linear(6, 3, bias=bias))
+
+
+CASES = {
+    "relu-mlp": (relu_mlp, (5,)),
+    "residual": (Residual, (5,)),
+    "tokens": (Tokens, (4, 4)),
+}
+
+
+def make_case(name, bias, loss, weighted, n=12, seed=0):
+    torch.manual_seed(seed)
+    factory, shape = CASES[name]
+    model = factory(bias=bias).double().eval()
+    x = torch.randn(n, *shape, dtype=torch.float64)
+    labels = torch.randint(0, 3, (n,))
+    weights = torch.rand(n, dtype=torch.float64) + 0.5 if weighted else None
+    if weights is not None:
+        weights = weights / weights.sum()
+    data = Dataset("test", x, labels, n_classes=3, weights=weights)
+    return model, data
+
+
+def relative(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_every_matrix_matches_the_naive_oracle(case, loss, bias):
+    weighted = case == "residual" and loss == "mse"  # one weighted case keeps the grid small
+    model, data = make_case(case, bias, loss, weighted)
+    decay = 3e-3
+    result = analyze(model, data, loss=loss, weight_decay=decay, batch_size=5, alpha=0.5)
+    targets = data.targets(loss)
+    for layer in result.layers:
+        module = dict(model.named_modules())[layer.name]
+        expected = naive_relations(model, module, data.x_train, targets, loss, decay,
+                                   weights=data.weights)
+        for name in ("nfm", "bnfm", *RELATIONS):
+            assert relative(layer.matrices[name], expected[name]) < 1e-10, (layer.name, name)
+        assert layer.stationarity == pytest.approx(expected["stationarity"], rel=1e-10)
+
+
+def test_batch_size_does_not_change_the_sums():
+    model, data = make_case("tokens", True, "mse", weighted=False, n=10)
+    one = analyze(model, data, loss="mse", weight_decay=1e-3, batch_size=1)
+    all_at_once = analyze(model, data, loss="mse", weight_decay=1e-3, batch_size=10)
+    for a, b in zip(one.layers, all_at_once.layers):
+        for name in a.matrices:
+            assert relative(a.matrices[name], b.matrices[name]) < 1e-12
+
+
+def _critical_tanh_mlp(steps):
+    """A tanh MLP trained in float64, full batch, with weight decay, by L-BFGS."""
+    torch.manual_seed(1)
+    n, decay = 40, 1e-2
+    x = torch.randn(n, 4, dtype=torch.float64)
+    y = torch.sin(x[:, :2]) + 0.3 * x[:, 2:3]
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 6), nn.Tanh(),
+                          nn.Linear(6, 2)).double()
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=steps, history_size=50,
+                                  tolerance_grad=1e-14, tolerance_change=0,
+                                  line_search_fn="strong_wolfe")
+
+    def objective():
+        optimizer.zero_grad()
+        value = ((model(x) - y) ** 2).mean(dim=1).mean()
+        value = value + decay / 2 * sum(p.pow(2).sum() for p in model.parameters())
+        value.backward()
+        return value
+
+    optimizer.step(objective)
+    if steps > 50:  # finish with Newton steps: quadratic convergence to the critical point
+        names = [name for name, _ in model.named_parameters()]
+        shapes = [p.shape for p in model.parameters()]
+        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+
+        def flat_objective(theta):
+            params = dict(zip(names, torch.split(theta, [s.numel() for s in shapes])))
+            params = {k: v.view(s) for (k, v), s in zip(params.items(), shapes)}
+            out = torch.func.functional_call(model, params, (x,))
+            return ((out - y) ** 2).mean(dim=1).mean() + decay / 2 * theta.pow(2).sum()
+
+        for _ in range(8):
+            gradient = torch.func.grad(flat_objective)(flat)
+            hessian = torch.func.hessian(flat_objective)(flat)
+            flat = flat - torch.linalg.solve(hessian, gradient)
+        torch.nn.utils.vector_to_parameters(flat, model.parameters())
+    objective()
+    with torch.no_grad():
+        gradient = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+        scale = decay * torch.cat([p.flatten() for p in model.parameters()]).norm()
+    return model, Dataset("test", x, y), decay, float(gradient / scale)
+
+
+def test_fact_holds_at_a_critical_point():
+    model, data, decay, residual = _critical_tanh_mlp(steps=500)
+    assert residual < 1e-9
+    result = analyze(model, data, loss="mse", weight_decay=decay)
+    for layer in result.layers:
+        assert layer.stationarity < 1e-6
+        for name in ("fact", "bfact"):
+            assert layer.metrics[name]["rel_err"] < 1e-6, (layer.name, name)
+            assert layer.metrics[name]["pearson"] > 0.999999, (layer.name, name)
+
+
+def test_fact_fails_and_says_so_away_from_a_critical_point():
+    model, data, decay, residual = _critical_tanh_mlp(steps=3)
+    assert residual > 1e-2
+    result = analyze(model, data, loss="mse", weight_decay=decay)
+    assert all(layer.stationarity > 1e-2 for layer in result.layers)
+    assert max(layer.metrics["fact"]["rel_err"] for layer in result.layers) > 1e-2
+
+
+def test_unknown_weight_decay_keeps_correlations_and_drops_the_scale():
+    model, data = make_case("relu-mlp", True, "mse", weighted=False)
+    known = analyze(model, data, loss="mse", weight_decay=2e-3)
+    unknown = analyze(model, data, loss="mse", weight_decay=None)
+    assert unknown.warnings and "unknown" in unknown.warnings[0]
+    for a, b in zip(known.layers, unknown.layers):
+        assert math.isnan(b.stationarity)
+        assert math.isnan(b.metrics["fact"]["rel_err"])
+        assert b.metrics["fact"]["pearson"] == pytest.approx(a.metrics["fact"]["pearson"])
+        assert b.metrics["nfa"]["pearson"] == pytest.approx(a.metrics["nfa"]["pearson"])
+
+
+def test_best_alpha_recovers_a_planted_power():
+    from factcli.relations import best_alpha
+    torch.manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
+    agop = q @ torch.diag(torch.tensor([5.0, 3, 2, 1, 0.5, 0.1], dtype=torch.float64)) @ q.T
+    nfm = q @ torch.diag(torch.tensor([5.0, 3, 2, 1, 0.5, 0.1], dtype=torch.float64) ** 0.33) @ q.T
+    assert best_alpha(nfm, agop) == pytest.approx(0.33)
