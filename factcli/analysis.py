@@ -63,7 +63,8 @@ class Analysis:
 
 def linear_layers(model: nn.Module, patterns: list[str] | None = None) -> dict[str, nn.Linear]:
     """Linear modules by module path, filtered by glob patterns (each must match something)."""
-    found = {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    found = {name: module for name, module in model.named_modules()
+             if isinstance(module, nn.Linear)}
     if not found:
         raise FactError("the model has no nn.Linear layer to analyze")
     if not patterns:
@@ -90,19 +91,17 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def _subsample(dataset: Dataset, max_samples: int | None, seed: int
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inputs, raw labels and weights (summing to 1), subsampled with a seeded generator."""
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Inputs, raw labels and weights (summing to 1; None = uniform), seeded subsample."""
     x, y, weights = dataset.x_train, dataset.y_train, dataset.weights
-    n = len(x)
-    if weights is None:
-        weights = torch.full((n,), 1.0 / n, dtype=torch.float64)
-    if max_samples is not None and max_samples < n:
-        if max_samples < 1:
-            raise FactError(f"--max-samples must be positive (got {max_samples})")
+    if max_samples is not None and max_samples < 1:
+        raise FactError(f"--max-samples must be positive (got {max_samples})")
+    if max_samples is not None and max_samples < len(x):
         generator = torch.Generator().manual_seed(seed)
-        index = torch.randperm(n, generator=generator)[:max_samples].sort().values
-        x, y, weights = x[index], y[index], weights[index]
-    return x, y, weights.double() / weights.double().sum()
+        index = torch.randperm(len(x), generator=generator)[:max_samples].sort().values
+        x, y = x[index], y[index]
+        weights = None if weights is None else weights[index]
+    return x, y, None if weights is None else weights.double() / weights.double().sum()
 
 
 def analyze(
@@ -179,7 +178,7 @@ def analyze(
         batch_t = targets[start:stop].to(run_device)
         if batch_t.is_floating_point():
             batch_t = batch_t.to(run_dtype)
-        batch_w = weights[start:stop].to(run_device)
+        batch_w = None if weights is None else weights[start:stop].to(run_device)
         try:
             losses, output = accumulate(network, chosen, sums, batch_x, batch_t, batch_w, loss)
         except RuntimeError as error:
@@ -188,17 +187,21 @@ def analyze(
                 raise FactError(f"the model does not fit dataset {data.spec!r} (inputs of shape "
                                 f"{tuple(x.shape[1:])}, {loss} targets): {first}") from None
             raise
-        data_loss += (losses.double() * batch_w).sum()
+        share = 1.0 / n if batch_w is None else batch_w
+        data_loss += (losses.double() * share).sum()
         if data.n_classes is not None and output.shape[1] == data.n_classes:
             hits = output.argmax(dim=1) == labels[start:stop].to(run_device)
-            correct += (hits.double() * batch_w).sum()
+            correct += (hits.double() * share).sum()
         if progress:
             progress(stop, n)
 
+    if weights is None:
+        for total in sums.values():
+            total.scale(1.0 / n)
     results = []
     for name, layer in chosen.items():
         W = layer.weight.detach().double()
-        matrices = rel.compute(W, sums[name], weight_decay, alpha, names)
+        matrices, fitted = rel.compute(W, sums[name], weight_decay, alpha, names)
         matrices = {key: value.cpu() for key, value in matrices.items()}
         metrics = {}
         for relation in names:
@@ -207,8 +210,6 @@ def analyze(
             if relation not in rel.FACT_FAMILY or not rel.has_scale(weight_decay):
                 values["rel_err"] = math.nan
             metrics[relation] = values
-        fitted = rel.best_alpha(matrices["nfm"], matrices["agop"]) if "agop" in matrices else \
-            math.nan
         results.append(LayerResult(name, W.shape[1], W.shape[0],
                                    rel.stationarity(W, sums[name], weight_decay),
                                    matrices, metrics, fitted))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,11 +89,16 @@ def _infer_layout(arch: str, state_dict: dict[str, torch.Tensor]) -> dict[str, A
 
 def _read_pt(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol notes are noise here
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
-        raise FactError(f"{path} holds objects that loading would have to execute code for "
-                        f"(refused; only tensors and plain data are read): {first}") from None
+        blocked = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
+        if blocked:
+            raise FactError(f"{path} was refused: loading it would run code ({blocked[0]}); "
+                            "factcli reads only tensors and plain data") from None
+        raise FactError(f"{path} is not a readable checkpoint (not a torch file, or a pickle "
+                        "of more than tensors and plain data)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise FactError(f"{path} is not a readable checkpoint (truncated or not a torch file): "

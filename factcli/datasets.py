@@ -97,7 +97,8 @@ class _Options:
     def done(self) -> None:
         unknown = sorted(set(self.options) - self.used)
         if unknown:
-            raise FactError(f"unknown option(s) {', '.join(unknown)} in dataset spec {self.spec!r}; "
+            raise FactError(f"unknown option(s) {', '.join(unknown)} in dataset spec "
+                            f"{self.spec!r}; "
                             f"known: {', '.join(sorted(self.used))}")
 
 
@@ -150,13 +151,16 @@ def _file(spec: str, o: _Options) -> Dataset:
     if not path.is_file():
         raise FactError(f"dataset file not found: {path}")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as arrays:
-            if "x_train" not in arrays or "y_train" not in arrays:
-                raise FactError(f"{path} must hold arrays x_train and y_train "
-                                f"(found: {', '.join(arrays.files)})")
-            x_train, y_train = arrays["x_train"], arrays["y_train"]
-            x_test = arrays["x_test"] if "x_test" in arrays else None
-            y_test = arrays["y_test"] if "y_test" in arrays else None
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                if "x_train" not in arrays or "y_train" not in arrays:
+                    raise FactError(f"{path} must hold arrays x_train and y_train "
+                                    f"(found: {', '.join(arrays.files)})")
+                x_train, y_train = arrays["x_train"], arrays["y_train"]
+                x_test = arrays["x_test"] if "x_test" in arrays else None
+                y_test = arrays["y_test"] if "y_test" in arrays else None
+        except ValueError as error:  # e.g. object arrays, which need pickle
+            raise FactError(f"cannot read {path}: {error}") from None
     elif path.suffix == ".csv":
         target = o.get("target", -1)
         header = o.get("header", 0)
@@ -168,6 +172,11 @@ def _file(spec: str, o: _Options) -> Dataset:
         x_train, x_test, y_test = np.delete(table, target % table.shape[1], axis=1), None, None
     else:
         raise FactError(f"unsupported data file {path.name}; use .npz or .csv")
+    for key, array in (("x_train", x_train), ("y_train", y_train), ("x_test", x_test),
+                       ("y_test", y_test)):
+        if array is not None and array.dtype.kind not in "biuf":
+            raise FactError(f"{path}: {key} has unsupported type {array.dtype}; use numbers "
+                            "(integer class labels 0..C-1 for classification)")
     # Integer-valued 1-D targets are class labels unless the spec says `labels=no`.
     is_labels = (labels and y_train.ndim == 1 and bool(np.all(y_train == np.round(y_train))))
     n_classes = None
@@ -251,8 +260,10 @@ def _mnist_10k(spec: str, o: _Options) -> Dataset:
 class _SafeUnpickler(pickle.Unpickler):
     """Reads the CIFAR-10 python batches: numpy arrays and builtins only, no other code runs."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # how protocol-2 pickles spell bytes; a pure function
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self.ALLOWED:
@@ -330,8 +341,30 @@ def _teacher_linear(spec: str, o: _Options) -> Dataset:
     return Dataset(spec, _tensor(x[:n]), _tensor(y[:n]), _tensor(x[n:]), _tensor(y[n:]))
 
 
+SKLEARN_SETS = ("iris", "wine", "breast_cancer", "digits", "diabetes")
+
+
+def _sklearn(spec: str, o: _Options) -> Dataset:
+    """A real tabular set shipped inside scikit-learn (nothing downloaded), seeded train/test."""
+    name, test_frac = o.get("name", "wine", str), o.get("test_frac", 0.2, float)
+    seed = o.get("seed", 0)
+    if name not in SKLEARN_SETS:
+        raise FactError(f"unknown sklearn set {name!r}; choose one of: {', '.join(SKLEARN_SETS)}")
+    if not 0 < test_frac < 1:
+        raise FactError(f"test_frac must lie in (0, 1) (got {test_frac})")
+    try:
+        from sklearn import datasets as shipped
+    except ImportError:
+        raise FactError("sklearn: sets need scikit-learn: pip install 'factcli[tabular]'") from None
+    x, y = getattr(shipped, f"load_{name}")(return_X_y=True)
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_classes = None if name == "diabetes" else int(y.max()) + 1
+    return _split(spec, x[order].astype(np.float64), y[order], len(x) - round(test_frac * len(x)),
+                  n_classes)
+
+
 DATASETS = ("parity", "modular", "file", "mnist", "fashion-mnist", "mnist-10k", "cifar10",
-            "separation", "teacher-linear")
+            "separation", "teacher-linear", "sklearn")
 
 
 def load_dataset(spec: str, data_dir: str | os.PathLike | None = None) -> Dataset:
@@ -349,6 +382,7 @@ def load_dataset(spec: str, data_dir: str | os.PathLike | None = None) -> Datase
         "cifar10": lambda: _cifar10(spec, options, folder),
         "separation": lambda: _separation(spec, options),
         "teacher-linear": lambda: _teacher_linear(spec, options),
+        "sklearn": lambda: _sklearn(spec, options),
     }
     if name not in builders:
         raise FactError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")

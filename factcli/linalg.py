@@ -16,11 +16,19 @@ def psd_power(matrix: torch.Tensor, power: float) -> torch.Tensor:
     return (eigenvectors * scaled.unsqueeze(-2)) @ eigenvectors.mT
 
 
-def sqrt_outer(matrix: torch.Tensor) -> torch.Tensor:
-    """(A Aᵀ)^{1/2} = U S Uᵀ from the SVD A = U S Vᵀ (fact_sqrt, bfact_sqrt, FACT-RFM).
+def sqrt_outer(left: torch.Tensor, right: torch.Tensor | None = None) -> torch.Tensor:
+    """(A Aᵀ)^{1/2} = U S Uᵀ from the SVD A = U S Vᵀ, with A = left @ right (or A = left).
 
     Going through the SVD keeps small singular values accurate to round-off, where the square
-    root of eigh(A Aᵀ) would amplify round-off ε to √ε when A is rank-deficient.
+    root of eigh(A Aᵀ) would amplify round-off ε to √ε when A is rank-deficient. When A comes as
+    a product with a thin inner dimension r (FACT = Wᵀ·(−∇_W L/λ) has r = m), a QR of `left`
+    reduces the SVD to an r-row matrix: O(k r²) instead of O(k³).
     """
-    left, singular, _ = torch.linalg.svd(matrix, full_matrices=False)
-    return (left * singular.unsqueeze(-2)) @ left.mT
+    if right is not None and left.shape[-1] < left.shape[-2]:
+        basis, triangle = torch.linalg.qr(left)
+        inner, singular, _ = torch.linalg.svd(triangle @ right, full_matrices=False)
+        vectors = basis @ inner
+    else:
+        product = left if right is None else left @ right
+        vectors, singular, _ = torch.linalg.svd(product, full_matrices=False)
+    return (vectors * singular.unsqueeze(-2)) @ vectors.mT

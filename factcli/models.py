@@ -7,6 +7,8 @@ import path `package.module:factory`, called with the dict's other entries as ke
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
 
 import torch
@@ -37,7 +39,8 @@ def mlp(in_features: int, out_features: int, width: int, depth: int, activation_
         bias: bool = True) -> nn.Sequential:
     """`depth` Linear layers with an activation between each pair: names 0, 2, 4, …"""
     if depth < 1 or width < 1:
-        raise FactError(f"an mlp needs depth >= 1 and width >= 1 (got depth={depth}, width={width})")
+        raise FactError(f"an mlp needs depth >= 1 and width >= 1 "
+                        f"(got depth={depth}, width={width})")
     sizes = [in_features] + [width] * (depth - 1) + [out_features]
     layers: list[nn.Module] = []
     for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -86,6 +89,8 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
 
 def _user_model(path: str, params: dict[str, Any]) -> nn.Module:
     module_name, _, attribute = path.partition(":")
+    if os.getcwd() not in sys.path:  # like `python -m`: models next to the user are importable
+        sys.path.insert(0, os.getcwd())
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
@@ -111,7 +116,8 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     for name, tensor in state_dict.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise FactError(f"the weights do not fit the architecture: {name} has shape "
-                            f"{tuple(tensor.shape)}, the model expects {tuple(expected[name].shape)}")
+                            f"{tuple(tensor.shape)}, the model expects "
+                            f"{tuple(expected[name].shape)}")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise FactError(f"parameter {name} contains NaN or infinite values")
     model.load_state_dict(state_dict)

@@ -8,6 +8,7 @@ default), so `agop`, `enfa`, `bagop`, `benfa` carry the 1/n, and `fact` = −(1/
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -51,70 +52,79 @@ def stationarity(W: torch.Tensor, sums: LayerSums, weight_decay: float | None) -
 
 
 def compute(W: torch.Tensor, sums: LayerSums, weight_decay: float | None, alpha: float,
-            names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """NFM, bNFM and the requested relations, all float64 (k×k forward, m×m backward)."""
+            names: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], float]:
+    """NFM, bNFM and the requested relations, all float64 (k×k forward, m×m backward), and
+    the NFA power α that fits NFM best (see `best_alpha`)."""
     W = W.double()
     scale = 1.0 / weight_decay if has_scale(weight_decay) else 1.0
+    step = -scale * sums.grad  # −(1/λ) ∇_W L_data: FACT = Wᵀ·step, bFACT = step·Wᵀ
     lazy = {
         "nfm": lambda: W.mT @ W,
         "bnfm": lambda: W @ W.mT,
-        "fact": lambda: -scale * (W.mT @ sums.grad),
+        "fact": lambda: W.mT @ step,
         "fact_sym": lambda: _sym(get("fact")),
-        "fact_sqrt": lambda: sqrt_outer(get("fact")),
+        "fact_sqrt": lambda: sqrt_outer(W.mT, step),
         "agop": lambda: W.mT @ sums.GG @ W,
-        "nfa": lambda: factored_power(W, sums.GG, alpha),
+        "nfa": lambda: spectral_power(*spectrum(), alpha),
         "enfa": lambda: W.mT @ sums.gg @ W,
-        "bfact": lambda: -scale * (sums.grad @ W.mT),
+        "bfact": lambda: step @ W.mT,
         "bfact_sym": lambda: _sym(get("bfact")),
-        "bfact_sqrt": lambda: sqrt_outer(get("bfact")),
+        "bfact_sqrt": lambda: sqrt_outer(step, W.mT),
         "bagop": lambda: sums.GG.clone(),
         "bnfa": lambda: psd_power(sums.GG, alpha),
         "benfa": lambda: sums.gg.clone(),
     }
     cache: dict[str, torch.Tensor] = {}
+    spectrum = functools.cache(lambda: agop_spectrum(W, sums.GG))
 
     def get(name: str) -> torch.Tensor:
         if name not in cache:
             cache[name] = lazy[name]()
         return cache[name]
 
-    return {name: get(name) for name in ("nfm", "bnfm", *names)}
+    matrices = {name: get(name) for name in ("nfm", "bnfm", *names)}
+    return matrices, best_alpha(matrices["nfm"], *spectrum())
 
 
-def factored_power(W: torch.Tensor, GG: torch.Tensor, alpha: float) -> torch.Tensor:
-    """(Wᵀ GG W)^α through the SVD of the factor A = D^{1/2} Qᵀ W, where GG = Q D Qᵀ.
+def agop_spectrum(W: torch.Tensor, GG: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues d and eigenvectors V (k×r, r ≤ m) of AGOP = Wᵀ GG W, from its factor.
 
-    AGOP inherits the rank deficiency of W (rank ≤ m < k for a wide input); taking the power of
-    the singular values of A keeps those zero directions exactly zero, where eigh of the product
-    would leave round-off that the power α < 1 inflates (ε^α).
+    With GG = Q D Qᵀ, AGOP = AᵀA for A = D^{1/2} Qᵀ W (m×k), so the SVD of A gives the spectrum.
+    AGOP inherits the rank deficiency of W (rank ≤ m < k for a wide input); working from the
+    factor keeps those directions exactly zero, where eigh of the product would leave
+    round-off that a power α < 1 inflates (ε^α). It is also O(m²k) instead of O(k³).
     """
     eigenvalues, eigenvectors = torch.linalg.eigh((GG + GG.mT) / 2)
     factor = eigenvalues.clamp(min=0).sqrt().unsqueeze(-1) * (eigenvectors.mT @ W)
     _, singular, right = torch.linalg.svd(factor, full_matrices=False)
-    return (right.mT * singular.pow(2 * alpha)) @ right
+    return singular.pow(2), right.mT
+
+
+def spectral_power(eigenvalues: torch.Tensor, eigenvectors: torch.Tensor,
+                   alpha: float) -> torch.Tensor:
+    return (eigenvectors * eigenvalues.clamp(min=0).pow(alpha)) @ eigenvectors.mT
 
 
 def _sym(matrix: torch.Tensor) -> torch.Tensor:
     return (matrix + matrix.mT) / 2
 
 
-def best_alpha(feature: torch.Tensor, agop: torch.Tensor,
+def best_alpha(feature: torch.Tensor, eigenvalues: torch.Tensor, eigenvectors: torch.Tensor,
                grid: torch.Tensor | None = None) -> float:
     """The power α maximizing pearson(NFM, AGOP^α) on a grid (default 0.01 … 2.00).
 
-    One eigendecomposition serves the whole grid: with AGOP = V diag(d) Vᵀ, every quantity the
-    Pearson correlation needs is a weighted sum over eigenvalues d_j^α.
+    From AGOP = V diag(d) Vᵀ (orthonormal V), every quantity the Pearson correlation needs is a
+    weighted sum over the d_j^α, so the whole grid costs one pass over the spectrum.
     """
     grid = torch.arange(1, 201, dtype=torch.float64) / 100 if grid is None else grid.double()
-    d, V = torch.linalg.eigh((agop.double() + agop.double().mT) / 2)
-    d = d.clamp(min=0)
-    keep = d > d.max() * 1e-12 if d.max() > 0 else torch.zeros_like(d, dtype=torch.bool)
+    d, V = eigenvalues.double().clamp(min=0), eigenvectors.double()
+    keep = d > d.max() * 1e-12 if d.numel() and d.max() > 0 else d > 0
     if not keep.any():
         return math.nan
     d, V = d[keep], V[:, keep]
     A = feature.double()
     size = A.numel()
-    inner_a = torch.einsum("ij,ik,kj->j", V, A, V)        # v_jᵀ A v_j
+    inner_a = ((A @ V) * V).sum(dim=0)                    # v_jᵀ A v_j
     ones_a = V.sum(dim=0) ** 2                            # (1ᵀ v_j)²
     powers = d.unsqueeze(0) ** grid.unsqueeze(1)          # (grid, j)
     mean_a, mean_b = A.mean(), (powers @ ones_a) / size

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import h5py
@@ -33,7 +33,7 @@ def write_report(path: str | os.PathLike, analysis: Analysis, command: str = "",
         root = handle.attrs
         root["format"] = FORMAT
         root["factcli_version"] = __version__
-        root["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        root["created"] = datetime.now(UTC).isoformat(timespec="seconds")
         root["command"] = command
         for key in _ATTRS:
             value = info.get(key)
@@ -103,6 +103,10 @@ def read_report(path: str | os.PathLike) -> Analysis:
         layers = []
         for key, group in handle.get("layers", {}).items():
             a = {k: _plain(v) for k, v in group.attrs.items()}
+            if "nfm" in group:  # an RFM iteration may store only M = WᵀW, W = M^{1/2} (d×d)
+                a.setdefault("in_features", group["nfm"].shape[0])
+                a.setdefault("out_features", a["in_features"] if "bnfm" not in group
+                             else group["bnfm"].shape[0])
             missing = [f for f in ("in_features", "out_features") if f not in a]
             if missing:
                 raise FactError(f"{path}: layer {key!r} lacks the field(s) {', '.join(missing)}")

@@ -37,6 +37,10 @@ class LayerSums:
             return torch.zeros(*shape, dtype=torch.float64, device=device)
         return cls(zero(m, k), zero(m, m), zero(m, m))
 
+    def scale(self, factor: float) -> None:
+        for total in (self.grad, self.gg, self.GG):
+            total *= factor
+
     def merge(self, other: LayerSums) -> None:
         """Add sums gathered elsewhere (another process, another partition of the data)."""
         self.grad += other.grad
@@ -79,9 +83,13 @@ def output_gradients(output: torch.Tensor, inputs: list[torch.Tensor]) -> tuple[
 
 
 def accumulate(model: nn.Module, layers: dict[str, nn.Linear], sums: dict[str, LayerSums],
-               x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+               x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
                loss: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Add one batch to `sums`; returns (per-sample loss ℓ_i, model output) for bookkeeping."""
+    """Add one batch to `sums`; returns (per-sample loss ℓ_i, model output) for bookkeeping.
+
+    `weight` holds the per-sample weights w_i, or None for plain sums (the caller then divides
+    by n). Each batch's products are formed in the model's dtype and added to float64 sums.
+    """
     with captured(layers) as calls, torch.enable_grad():
         output = model(x).reshape(len(x), -1)
         flat = [(name, h, z) for name in layers for h, z in calls[name]]
@@ -91,13 +99,17 @@ def accumulate(model: nn.Module, layers: dict[str, nn.Linear], sums: dict[str, L
         losses = per_sample_loss(loss, leaf, target)
         (dloss,) = torch.autograd.grad(losses.sum(), leaf)  # row i: ∂ℓ_i/∂f(x_i)
     for (name, h, _), G in zip(flat, gradients):
-        m = G.shape[-1]
-        g = torch.einsum("cb...m,bc->b...m", G, dloss)
-        w = weight.view(-1, *([1] * (g.ndim - 1))).to(g.dtype)
-        gw = (g * w).reshape(-1, m).double()
+        m, k = G.shape[-1], h.shape[-1]
+        spread = [1] * (G.ndim - 2)                       # position axes, if any
+        g = (G * dloss.mT.reshape(*dloss.mT.shape, *spread)).sum(dim=0)
+        g_rows, h_rows, G_rows = g.reshape(-1, m), h.detach().reshape(-1, k), G.reshape(-1, m)
+        if weight is None:
+            gw_rows, Gw_rows = g_rows, G_rows
+        else:
+            w = weight.to(g.dtype).reshape(-1, *spread)
+            gw_rows, Gw_rows = (g * w).reshape(-1, m), (G * w).reshape(-1, m)
         s = sums[name]
-        s.grad.addmm_(gw.mT, h.detach().reshape(-1, h.shape[-1]).double())
-        s.gg.addmm_(gw.mT, g.reshape(-1, m).double())
-        Gw = (G * w.unsqueeze(0)).reshape(-1, m).double()
-        s.GG.addmm_(Gw.mT, G.reshape(-1, m).double())
+        s.grad += (gw_rows.mT @ h_rows).double()
+        s.gg += (gw_rows.mT @ g_rows).double()
+        s.GG += (Gw_rows.mT @ G_rows).double()
     return losses.detach(), output.detach()

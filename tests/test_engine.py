@@ -179,6 +179,15 @@ def test_best_alpha_recovers_a_planted_power():
     from factcli.relations import best_alpha
     torch.manual_seed(0)
     q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
-    agop = q @ torch.diag(torch.tensor([5.0, 3, 2, 1, 0.5, 0.1], dtype=torch.float64)) @ q.T
-    nfm = q @ torch.diag(torch.tensor([5.0, 3, 2, 1, 0.5, 0.1], dtype=torch.float64) ** 0.33) @ q.T
-    assert best_alpha(nfm, agop) == pytest.approx(0.33)
+    spectrum = torch.tensor([5.0, 3, 2, 1, 0.5, 0.1], dtype=torch.float64)
+    nfm = q @ torch.diag(spectrum ** 0.33) @ q.T
+    assert best_alpha(nfm, spectrum, q) == pytest.approx(0.33)
+    # against brute force on a matrix that is not a power of the AGOP
+    from factcli.linalg import psd_power
+    from factcli.metrics import pearson
+    other = torch.randn(6, 6, dtype=torch.float64)
+    other = other @ other.T + nfm
+    agop = q @ torch.diag(spectrum) @ q.T
+    grid = torch.arange(1, 201, dtype=torch.float64) / 100
+    brute = max(grid.tolist(), key=lambda a: pearson(other, psd_power(agop, a)))
+    assert best_alpha(other, spectrum, q) == pytest.approx(brute)

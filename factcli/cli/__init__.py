@@ -5,8 +5,8 @@ Nothing here imports torch at module level, so `fact --help` stays instant.
 
 from __future__ import annotations
 
-from ._app import app
 from . import analyze, compare, rfm, show, train  # noqa: E402,F401  (registers the commands)
+from ._app import app
 
 
 def main() -> None:

@@ -67,7 +67,7 @@ def run_analysis(checkpoint: str, data, data_dir, arch, model, loss, weight_deca
     with checkpoint_source(checkpoint) as path, Progress(
             TextColumn("[bold]analyzing[/] {task.description}"), BarColumn(),
             TextColumn("{task.completed}/{task.total} samples"), TimeRemainingColumn(),
-            console=err, transient=True) as bar:
+            console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task(Path(checkpoint).name, total=None)
         result = analyze(path, data, loss=loss, weight_decay=weight_decay, alpha=alpha,
                          relations=split_list(relations), layers=split_list(layers),

@@ -47,7 +47,8 @@ def number(value: float, digits: int = 3) -> str:
 
 
 def _table(analysis: Analysis, relations: list[str], metric: str, title: str) -> Table:
-    table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, collapse_padding=True,
+    table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
+                  collapse_padding=True,
                   pad_edge=False)
     table.add_column("layer", no_wrap=True)
     table.add_column("k→m", justify="right", no_wrap=True)

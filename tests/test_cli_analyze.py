@@ -1,0 +1,195 @@
+"""`fact analyze` end to end: formats, reports, and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import subprocess
+import sys
+
+import h5py
+import pytest
+import torch
+
+from factcli.report import read_report
+from tests.helpers import TINY_MLP, fact, fact_inprocess, tiny_checkpoint
+
+
+def test_jsonl_rows_follow_the_interface(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "a.pt")
+    result = fact("analyze", ckpt, "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 3 * 12
+    assert set(rows[0]) == {"checkpoint", "layer", "relation", "pearson", "cosine", "rel_err",
+                            "stationarity", "in_features", "out_features"}
+    assert rows[0]["checkpoint"] == str(ckpt) and rows[0]["layer"] == "0"
+    assert {r["relation"] for r in rows if r["rel_err"] is None} == {
+        "nfa", "agop", "enfa", "bnfa", "bagop", "benfa"}
+    assert (rows[0]["in_features"], rows[0]["out_features"]) == (4, 6)
+
+
+def test_table_goes_to_stdout_and_progress_to_stderr(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "a.pt")
+    result = fact("analyze", ckpt, "--relations", "fact,nfa,bfact")
+    assert result.returncode == 0
+    assert "forward relations vs WᵀW" in result.stdout and "bfact" in result.stdout
+    assert "\x1b[" not in result.stdout  # NO_COLOR and a pipe: plain text
+
+
+def test_report_round_trip_keeps_everything(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "a.safetensors")
+    report = tmp_path / "r.h5"
+    result = fact("analyze", ckpt, "--report", report, "--format", "tsv", "--layers", "0,4")
+    assert result.returncode == 0, result.stderr
+    stored = read_report(report)
+    assert [layer.name for layer in stored.layers] == ["0", "4"]
+    with h5py.File(report) as handle:
+        assert handle.attrs["format"] == "factcli.report/1"
+        assert handle.attrs["mode"] == "eval"
+        assert "fact analyze" in handle.attrs["command"]
+        assert handle["layers/0/nfm"].compression == "gzip"
+        assert set(handle["layers/0"]) == {"nfm", "bnfm", "fact", "fact_sym", "fact_sqrt", "nfa",
+                                           "agop", "enfa", "bfact", "bfact_sym", "bfact_sqrt",
+                                           "bnfa", "bagop", "benfa"}
+    lines = result.stdout.splitlines()
+    assert lines[0].split("\t")[:3] == ["checkpoint", "layer", "relation"]
+    assert len(lines) == 1 + 2 * 12
+    no_matrices = tmp_path / "small.h5"
+    assert fact("analyze", ckpt, "--report", no_matrices, "--no-matrices",
+                "-f", "jsonl").returncode == 0
+    assert read_report(no_matrices).layers[0].matrices == {}
+
+
+def test_interrupted_report_keeps_the_previous_file(tmp_path, monkeypatch):
+    from factcli import report as report_module
+    from factcli.analysis import analyze
+
+    ckpt = tiny_checkpoint(tmp_path / "a.pt")
+    target = tmp_path / "r.h5"
+    target.write_bytes(b"previous")
+    analysis = analyze(ckpt)
+
+    def explode(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_module.h5py.File, "create_dataset", explode)
+    with pytest.raises(KeyboardInterrupt):
+        report_module.write_report(target, analysis)
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "r.h5"]  # no temp file left
+
+
+def test_stdin_checkpoint(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "a.pt")
+    result = subprocess.run([sys.executable, "-m", "factcli", "analyze", "-", "-f", "jsonl"],
+                            input=ckpt.read_bytes(), capture_output=True)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 36
+
+
+def test_plain_state_dict_with_command_line_pieces(tmp_path):
+    torch.manual_seed(0)
+    from factcli.models import build_model
+
+    path = tmp_path / "plain.pt"
+    torch.save(build_model(TINY_MLP).double().state_dict(), path)
+    missing = fact("analyze", path)
+    assert missing.returncode == 2 and "--arch" in missing.stderr
+    result = fact("analyze", path, "--arch", "mlp", "--model", "activation=tanh",
+                  "--data", "teacher-linear:d=4,c=2,n=40", "--loss", "mse",
+                  "--weight-decay", "1e-3", "-f", "jsonl")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 36
+
+
+def test_user_factory_by_import_path(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(tmp_path)
+    (tmp_path / "mymodels.py").write_text(
+        "import torch\n"
+        "def wide(in_features, hidden):\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(in_features, hidden), torch.nn.ReLU(),\n"
+        "                               torch.nn.Linear(hidden, 2))\n")
+    model = {"arch": "mymodels:wide", "in_features": 4, "hidden": 5}
+    ckpt = tiny_checkpoint(tmp_path / "u.pt", model=model)
+    result = fact("analyze", ckpt, "-f", "jsonl", "--relations", "fact",
+                  env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["layer"] for line in result.stdout.splitlines()] == ["0", "2"]
+
+
+def test_zero_weight_decay_reports_missing_scale(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "a.pt", training={
+        "dataset": "teacher-linear:d=4,c=2,n=40", "loss": "mse", "weight_decay": 0.0})
+    result = fact("analyze", ckpt, "-f", "jsonl", "--relations", "fact,nfa")
+    assert result.returncode == 0
+    assert "warning" in result.stderr and "λ" in result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert all(r["rel_err"] is None and r["stationarity"] is None for r in rows)
+    assert all(isinstance(r["pearson"], float) for r in rows)
+
+
+class Exploit:
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _bad_inputs(tmp_path):
+    good = tiny_checkpoint(tmp_path / "good.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint\n")
+    exploit = Exploit()
+    exploit.marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "factcli.checkpoint/1", "model": TINY_MLP, "payload": exploit}, evil)
+    with open(tmp_path / "evil.pkl", "wb") as handle:
+        pickle.dump(exploit, handle)
+    wrong = tiny_checkpoint(tmp_path / "wrong.pt", model={**TINY_MLP, "width": 5})
+    state = torch.load(wrong, weights_only=True)
+    state["model"] = TINY_MLP
+    torch.save(state, wrong)
+    nan = tiny_checkpoint(tmp_path / "nan.pt", **{"2.weight": torch.full((6, 6), math.nan,
+                                                                         dtype=torch.float64)})
+    return {
+        "missing file": (["analyze", tmp_path / "nope.pt"], "not found"),
+        "not a checkpoint": (["analyze", text], "not a readable checkpoint"),
+        "truncated": (["analyze", truncated], "not a readable checkpoint"),
+        "code-running pickle": (["analyze", evil], "refused"),
+        "bare pickle": (["analyze", tmp_path / "evil.pkl"], "not a readable checkpoint"),
+        "state_dict does not fit": (["analyze", wrong], "do not fit the architecture"),
+        "input size": (["analyze", good, "--data", "teacher-linear:d=7,c=2,n=10"],
+                       "does not fit dataset"),
+        "unknown dataset": (["analyze", good, "--data", "imagenet"], "unknown dataset"),
+        "unknown relation": (["analyze", good, "--relations", "fact,nfb"], "unknown relation"),
+        "unknown layer": (["analyze", good, "--layers", "9"], "no layer matches"),
+        "NaN weights": (["analyze", nan], "NaN"),
+        "unknown loss": (["analyze", good, "--loss", "hinge"], "unknown loss"),
+        "unknown format": (["analyze", good, "--format", "xml"], "unknown format"),
+        "bad dataset option": (["analyze", good, "--data", "teacher-linear:d=x"], "not a valid"),
+    }
+
+
+def test_bad_input_gives_one_line_and_exit_2(tmp_path):
+    for label, (args, needle) in _bad_inputs(tmp_path).items():
+        result = fact_inprocess(*args)
+        assert result.exit_code == 2, (label, result.stderr)
+        assert needle in result.stderr, (label, result.stderr)
+        assert "Traceback" not in result.stderr, label
+        assert len(result.stderr.strip().splitlines()) == 1, (label, result.stderr)
+        assert result.stdout == "", label
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_code_running_pickle_is_refused_by_the_real_script(tmp_path):
+    exploit = Exploit()
+    exploit.marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "factcli.checkpoint/1", "model": TINY_MLP, "payload": exploit}, evil)
+    result = fact("analyze", evil)
+    assert result.returncode == 2 and "refused" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "pwned").exists()
