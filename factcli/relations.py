@@ -13,14 +13,12 @@ import math
 
 import torch
 
+from .conventions import BACKWARD, FACT_FAMILY, FORWARD, RELATIONS
 from .errors import FactError
 from .linalg import psd_power, sqrt_outer
 from .stats import LayerSums
 
-FORWARD = ("fact", "fact_sym", "fact_sqrt", "nfa", "agop", "enfa")
-BACKWARD = ("bfact", "bfact_sym", "bfact_sqrt", "bnfa", "bagop", "benfa")
-RELATIONS = FORWARD + BACKWARD
-FACT_FAMILY = frozenset({"fact", "fact_sym", "fact_sqrt", "bfact", "bfact_sym", "bfact_sqrt"})
+__all__ = ["BACKWARD", "FACT_FAMILY", "FORWARD", "RELATIONS", "compute", "best_alpha"]
 
 
 def reference(relation: str) -> str:

@@ -41,11 +41,6 @@ class LayerSums:
         for total in (self.grad, self.gg, self.GG):
             total *= factor
 
-    def merge(self, other: LayerSums) -> None:
-        """Add sums gathered elsewhere (another process, another partition of the data)."""
-        self.grad += other.grad
-        self.gg += other.gg
-        self.GG += other.GG
 
 
 @contextlib.contextmanager

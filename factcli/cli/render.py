@@ -13,6 +13,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from ..conventions import BACKWARD, FORWARD, METRIC_NAMES
 from ..errors import FactError
 from ._app import out, write_delimited, write_jsonl
 
@@ -20,8 +21,6 @@ if TYPE_CHECKING:
     from ..analysis import Analysis
 
 FORMATS = ("table", "jsonl", "json", "tsv")
-FORWARD = ("fact", "fact_sym", "fact_sqrt", "nfa", "agop", "enfa")
-BACKWARD = ("bfact", "bfact_sym", "bfact_sqrt", "bnfa", "bagop", "benfa")
 
 
 def agreement_style(value: float, metric: str) -> str:
@@ -89,7 +88,7 @@ def emit(analysis: Analysis, format: str, metric: str = "pearson") -> None:
     """Write `analysis` to stdout in `format` (data only; messages go to stderr)."""
     if format not in FORMATS:
         raise FactError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
-    if metric not in ("pearson", "cosine", "rel_err"):
+    if metric not in METRIC_NAMES:
         raise FactError(f"unknown metric {metric!r}; choose pearson, cosine or rel_err")
     rows = analysis.rows()
     if format == "jsonl":

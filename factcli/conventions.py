@@ -1,0 +1,7 @@
+"""Names of the relations and metrics (relations.md §2–4), free of torch so the CLI can use them."""
+
+FORWARD = ("fact", "fact_sym", "fact_sqrt", "nfa", "agop", "enfa")     # k×k, compared with WᵀW
+BACKWARD = ("bfact", "bfact_sym", "bfact_sqrt", "bnfa", "bagop", "benfa")  # m×m, with WWᵀ
+RELATIONS = FORWARD + BACKWARD
+FACT_FAMILY = frozenset({"fact", "fact_sym", "fact_sqrt", "bfact", "bfact_sym", "bfact_sqrt"})
+METRIC_NAMES = ("pearson", "cosine", "rel_err")
