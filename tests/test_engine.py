@@ -191,3 +191,13 @@ def test_best_alpha_recovers_a_planted_power():
     grid = torch.arange(1, 201, dtype=torch.float64) / 100
     brute = max(grid.tolist(), key=lambda a: pearson(other, psd_power(agop, a)))
     assert best_alpha(other, spectrum, q) == pytest.approx(brute)
+
+
+def test_max_samples_is_a_seeded_recorded_subsample():
+    model, data = make_case("relu-mlp", True, "mse", weighted=False, n=30)
+    first = analyze(model, data, loss="mse", weight_decay=1e-3, max_samples=10, seed=7)
+    again = analyze(model, data, loss="mse", weight_decay=1e-3, max_samples=10, seed=7)
+    other = analyze(model, data, loss="mse", weight_decay=1e-3, max_samples=10, seed=8)
+    assert first.info["n_samples"] == 10 and first.info["sample_seed"] == 7
+    assert torch.equal(first.layers[0].matrices["agop"], again.layers[0].matrices["agop"])
+    assert not torch.equal(first.layers[0].matrices["agop"], other.layers[0].matrices["agop"])
