@@ -8,7 +8,7 @@
     also the whole `fact analyze` command (process start, imports, loading) vs that minimum.
 (b) AGOP by the per-layer per-sample-Jacobian method of the published NFA code (vmap(jacrev) of
     the sub-network from each layer, AGOP = mean JᵀJ) vs `analyze`, for growing depth.
-(c) peak memory of the engine (above the loaded data) at n and 2n samples, fresh processes.
+(c) peak memory of the engine (above the loaded data) from n/2 to 4n samples, fresh processes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -136,17 +135,26 @@ def memory_child(n: int, batch_size: int) -> None:
     torch.manual_seed(0)
     model = mlp(784, 10, 256, 5).eval()
     data = mnist(n)
-    with open("/proc/self/statm") as handle:
-        resident = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    import gc
+
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as handle:  # reset the peak (VmHWM) to now
+        handle.write("5")
+    resident = _status_kib("VmRSS")
     analyze(model, data, loss="mse", weight_decay=1e-4, batch_size=batch_size, device="cpu")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"n": n, "engine_peak_mib": max(peak - resident, 0) / 2 ** 20,
-                      "process_peak_mib": peak / 2 ** 20}))
+    peak = _status_kib("VmHWM")
+    print(json.dumps({"n": n, "engine_peak_mib": (peak - resident) / 1024,
+                      "process_peak_mib": peak / 1024}))
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith(field + ":"))
 
 
 def memory(n: int, batch_size: int) -> None:
     print(f"(c) peak memory, fresh process each, batch {batch_size}")
-    for size in (n, 2 * n):
+    for size in (n // 2, n, 2 * n, 4 * n):
         result = subprocess.run([sys.executable, __file__, "--part", "memory-child", "--n",
                                  str(size), "--batch-size", str(batch_size)],
                                 check=True, capture_output=True, text=True)
