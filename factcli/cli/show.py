@@ -1,0 +1,124 @@
+"""`fact show`: a stored report printed exactly as `fact analyze` printed it, or one matrix."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+from rich import box
+from rich.table import Table
+from rich.text import Text
+
+from ..errors import FactError
+from ._app import command, err, out, write_delimited, write_jsonl
+from .render import FORMATS, number
+
+if TYPE_CHECKING:
+    from ..analysis import Analysis
+
+
+@command("show")
+def show_command(
+    report: Annotated[Path, typer.Argument(help="An HDF5 report (fact analyze --report, "
+                                           "fact rfm).", show_default=False)],
+    format: Annotated[str, typer.Option("--format", "-f", help="table, jsonl, json or tsv.")]
+    = "table",
+    metric: Annotated[str, typer.Option(help="Table metric: pearson, cosine or rel_err.")]
+    = "pearson",
+    matrix: Annotated[Optional[tuple[str, str]], typer.Option(
+        help="Print one stored matrix: LAYER and RELATION (or nfm, bnfm).",
+        metavar="LAYER RELATION", show_default=False)] = None,
+    out_path: Annotated[Optional[Path], typer.Option(
+        "--out", help="Write the --matrix to this .npy file instead of printing it.")] = None,
+) -> None:
+    """Print a stored report without recomputing: the rows `fact analyze` printed, an RFM
+    report's history, or one matrix (--matrix LAYER RELATION [--out m.npy])."""
+    from ..report import read_report
+    from .render import emit
+
+    if format not in FORMATS:
+        raise FactError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
+    if out_path is not None and not matrix:
+        raise FactError("--out exports a matrix: add --matrix LAYER RELATION")
+    analysis = read_report(report)
+    if matrix:
+        show_matrix(analysis, *matrix, format, out_path)
+    elif analysis.info.get("kind") == "rfm":
+        show_history(report, analysis.info, format)
+    else:
+        emit(analysis, format, metric)
+
+
+def show_matrix(analysis: Analysis, layer_name: str, name: str, format: str,
+                path: Path | None) -> None:
+    """Print one stored matrix (rounded table, full-precision tsv, JSON rows) or save it."""
+    import numpy as np
+
+    try:
+        layer = analysis.layer(layer_name)
+    except KeyError:
+        raise FactError(f"no layer {layer_name!r} in the report; layers: "
+                        f"{', '.join(layer.name for layer in analysis.layers)}") from None
+    if name not in layer.matrices:
+        held = ", ".join(layer.matrices) or "none (written with --no-matrices?)"
+        raise FactError(f"layer {layer_name!r} stores no {name!r} matrix; stored: {held}")
+    values = layer.matrices[name].numpy()
+    if path is not None:
+        from ..files import atomic_path
+
+        if path.suffix != ".npy":
+            raise FactError(f"--out must end in .npy (got {path})")
+        with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+            np.save(handle, values)
+        err.print(f"{name} of layer {layer_name} ({values.shape[0]}×{values.shape[1]}) "
+                  f"written to {path}", highlight=False)
+    elif format == "table":
+        out.print(f"{name} of layer {layer_name} ({values.shape[0]}×{values.shape[1]})",
+                  style="dim", highlight=False)
+        out.print(np.array2string(values, precision=4, suppress_small=True,
+                                  max_line_width=out.width), markup=False, highlight=False)
+    elif format == "tsv":
+        np.savetxt(sys.stdout, values, fmt="%.17g", delimiter="\t")
+    else:  # one JSON array per row, or the whole matrix as one document
+        rows = values.tolist()
+        write_jsonl(rows if format == "jsonl" else [{"layer": layer_name, "name": name,
+                                                      "matrix": rows}])
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The `/history` table of an RFM report (a compound dataset, one row per iteration)."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        data = handle["history"][()] if "history" in handle else None
+    names = getattr(getattr(data, "dtype", None), "names", None)
+    if not names:
+        raise FactError(f"{path} is an RFM report without a 'history' table")
+    return [{key: value.decode() if isinstance(value, bytes) else value
+             for key, value in zip(names, row.tolist(), strict=True)} for row in data]
+
+
+def show_history(path: Path, info: dict[str, Any], format: str) -> None:
+    rows = read_history(path)
+    if format == "jsonl":
+        write_jsonl(rows)
+    elif format == "json":
+        write_jsonl([{"info": info, "history": rows}])
+    elif format == "tsv":
+        write_delimited(rows, "\t")
+    else:
+        table = Table(title=f"RFM on {info.get('dataset')}: one row per iteration",
+                      title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
+                      collapse_padding=True, pad_edge=False)
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        for column in columns:
+            table.add_column(column, justify="right", no_wrap=True)
+        for row in rows:
+            table.add_row(*[number(v) if isinstance(v, float) else str(v)
+                            for v in (row.get(c) for c in columns)])
+        out.print(table)
+        out.print(Text("feature matrices: fact show REPORT --matrix iteration_<t> nfm",
+                       style="dim"))
+    sys.stdout.flush()
