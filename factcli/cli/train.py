@@ -1,0 +1,220 @@
+"""`fact train`: reference models trained with weight decay to convergence (docs/train.md)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ._app import command, err, out, warn, write_jsonl
+
+EPILOG = ("Examples: fact train mlp --dataset mnist-10k --out mlp.pt --lr 0.5;  "
+          "fact train quadratic --dataset separation:tau=0.1 --optimizer adam --lr 0.01 "
+          "--weight-decay 1e-3 --epochs 2000 --polish 1000 --out quad.pt")
+
+
+def _format(value: Any, percent: bool = False) -> str:
+    if value is None:
+        return "–"
+    if percent:
+        return f"{100 * value:.2f}%"
+    return f"{value:.4g}"
+
+
+class _Display:
+    """The rich progress bar on stderr and the jsonl rows on stdout."""
+
+    def __init__(self, quiet: bool, jsonl: bool):
+        self.quiet, self.jsonl = quiet, jsonl
+        self.progress = None
+        self.task = None
+        self.polish_task = None
+
+    def __enter__(self) -> _Display:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def _start(self) -> None:
+        """The bar starts with the first event, so that bad input prints only its error."""
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(bar_width=24),
+            MofNCompleteColumn(), TextColumn("{task.fields[metrics]}"), TimeRemainingColumn(),
+            console=err, transient=False)
+        self.progress.__enter__()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "message":
+            if event.get("level") == "warning":
+                warn(event["text"])
+            elif not self.quiet:
+                err.print(event["text"], highlight=False, soft_wrap=True)
+        elif kind == "start" and not self.quiet:
+            self._start()
+            self.task = self.progress.add_task("epoch", total=event["epochs"],
+                                               completed=event["start_epoch"], metrics="")
+        elif kind == "epoch":
+            if self.jsonl:
+                write_jsonl([{"phase": "train", **{k: v for k, v in event.items()
+                                                   if k not in ("event", "epochs")}}])
+            if self.progress is not None and self.task is not None:
+                metrics = (f"loss {_format(event['train_loss'])}"
+                           + (f" acc {_format(event['train_acc'], True)}"
+                              if event["train_acc"] is not None else "")
+                           + (f" test {_format(event['test_acc'], True)}"
+                              if event["test_acc"] is not None else
+                              f" test loss {_format(event['test_loss'])}"
+                              if event["test_loss"] is not None else "")
+                           + f" lr {_format(event['lr'])}")
+                self.progress.update(self.task, completed=event["epoch"], metrics=metrics)
+        elif kind == "polish_start" and self.progress is not None:
+            self.polish_task = self.progress.add_task("polish", total=event["max_steps"],
+                                                      metrics="")
+        elif kind == "polish":
+            if self.jsonl:
+                write_jsonl([{"phase": "polish", **{k: v for k, v in event.items()
+                                                    if k != "event"}}])
+            if self.progress is not None and self.polish_task is not None:
+                self.progress.update(
+                    self.polish_task, completed=event["step"],
+                    metrics=f"L {event['objective']:.6g} stationarity "
+                            f"{_format(event['stationarity'])}")
+
+
+def _summary(arch: str, result: Any, out_path: Path) -> str:
+    t = result.training
+    parts = [f"{arch} on {t['dataset']}: {t['epoch']} epochs"]
+    if t.get("polish"):
+        parts.append(f"+ {t['polish']['steps']} {t['polish']['method']} steps")
+    parts.append(f"train loss {_format(t.get('train_loss'))}")
+    if t.get("train_acc") is not None:
+        parts.append(f"train acc {_format(t['train_acc'], True)}")
+    if t.get("test_acc") is not None:
+        parts.append(f"test acc {_format(t['test_acc'], True)}")
+    elif t.get("test_loss") is not None:
+        parts.append(f"test loss {_format(t['test_loss'])}")
+    station = [v for v in (t.get("stationarity") or {}).values() if v is not None]
+    if station:
+        parts.append(f"stationarity ≤ {max(station):.3g}")
+    return ", ".join(parts) + f" → {out_path} ({result.elapsed_s:.1f} s)"
+
+
+@command("train", epilog=EPILOG)
+def train(
+    arch: Annotated[str, typer.Argument(help="mlp, linear (deep linear) or quadratic.")],
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", "--data", help="Dataset spec, e.g. mnist-10k, separation:tau=0.1, "
+        "teacher-linear:d=10,c=10,n=100, file:data.npz.")] = None,
+    out_file: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Checkpoint to write (.pt, or .safetensors by extension).")] = None,
+    width: Annotated[int | None, typer.Option(
+        help="Hidden width (default: mlp 256, quadratic 10, linear the input size).")] = None,
+    depth: Annotated[int | None, typer.Option(
+        help="Number of Linear layers (default: mlp 5, linear 3).")] = None,
+    activation: Annotated[str | None, typer.Option(
+        help="mlp activation: relu (default), gelu, tanh, quadratic, identity.")] = None,
+    bias: Annotated[bool | None, typer.Option(
+        "--bias/--no-bias", help="mlp biases (default: on; linear/quadratic have none).")] = None,
+    loss: Annotated[str, typer.Option(help="mse or cross_entropy.")] = "mse",
+    optimizer: Annotated[str, typer.Option(
+        help="sgd, gd (full batch), adam (coupled L2), or adamw (decoupled: FACT only "
+        "approximate).")] = "sgd",
+    lr: Annotated[float | None, typer.Option(
+        help="Learning rate (default: sgd/gd 0.1, adam/adamw 1e-3).")] = None,
+    momentum: Annotated[float | None, typer.Option(
+        help="SGD/GD momentum (default: sgd 0.9, gd 0).")] = None,
+    weight_decay: Annotated[float, typer.Option(
+        help="λ: coupled L2, L = loss + (λ/2)‖θ‖² (relations.md §1).")] = 1e-4,
+    schedule: Annotated[str | None, typer.Option(
+        help="cosine or constant (default: cosine; constant for gd).")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs (gd: full-batch steps).")] = 200,
+    batch_size: Annotated[int | None, typer.Option(help="Minibatch size (default 128).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the initialization and the batch order.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
+    target_loss: Annotated[float | None, typer.Option(
+        help="Stop once an epoch's training loss is below this.")] = None,
+    save_every: Annotated[int | None, typer.Option(
+        help="Also write snapshots <out-stem>_epoch<N><suffix> every K epochs (and epoch 0).")
+    ] = None,
+    eval_every: Annotated[int | None, typer.Option(
+        help="Evaluate the test split every K epochs (default: ~100 times per run).")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run saved at --out (same options; --epochs may grow).")
+    ] = False,
+    polish: Annotated[int, typer.Option(
+        help="After training, up to N float64 second-order steps (Newton for tiny models, "
+        "else L-BFGS with strong-Wolfe line search) to land on a critical point.")] = 0,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="Folder with mnist/cifar10 files (default: $FACT_DATA_DIR).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no summary.")] = False,
+    output_format: Annotated[str, typer.Option(
+        "--format", help="text, or jsonl: one line of metrics per epoch on stdout.")] = "text",
+) -> None:
+    """Train a reference model with weight decay to convergence and save a checkpoint."""
+    from ..errors import FactError
+
+    if dataset is None:
+        raise FactError("fact train needs --dataset SPEC (e.g. --dataset mnist-10k)")
+    if out_file is None:
+        raise FactError("fact train needs --out PATH (the checkpoint to write)")
+    if output_format not in ("text", "jsonl"):
+        raise FactError(f"unknown --format {output_format!r}; choose text or jsonl")
+
+    from ..files import check_writable
+    from ..training import TrainConfig
+    from ..training import train as run_training
+
+    check_writable(out_file)  # before torch work and data loading
+    config = TrainConfig(arch=arch, dataset=dataset, width=width, depth=depth,
+                         activation=activation, bias=bias, loss=loss, optimizer=optimizer,
+                         lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
+                         epochs=epochs, batch_size=batch_size, seed=seed, dtype=dtype,
+                         target_loss=target_loss, polish=polish)
+
+    stop = {"requested": False}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        err.print("interrupt: finishing this epoch and saving (press Ctrl-C again to abort)")
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        with _Display(quiet, output_format == "jsonl") as display:
+            result = run_training(config, out=out_file, resume=resume, save_every=save_every,
+                                  eval_every=eval_every, device=device, data_dir=data_dir,
+                                  callback=display, should_stop=lambda: stop["requested"])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if result.interrupted:
+        if not result.training.get("finished"):
+            err.print(f"interrupted at epoch {result.training.get('epoch')}: saved {out_file}; "
+                      "continue with the same command plus --resume", soft_wrap=True)
+        raise typer.Exit(130)
+    if not quiet:
+        line = _summary(arch, result, out_file)
+        if output_format == "jsonl":
+            err.print(line, highlight=False, soft_wrap=True)
+        else:
+            out.print(line, soft_wrap=True)

@@ -1,0 +1,123 @@
+"""The regularized objective on the full training set, evaluated exactly (float64).
+
+L(θ) = Σ_i w_i ℓ_i + (λ/2)‖θ‖² (relations.md §1); shared by `fact train` (final metrics, the
+divergence check) and the polish.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .datasets import Dataset
+from .losses import per_sample_loss
+
+EVAL_CHUNK = 8192
+
+
+def objective_terms(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
+                     weights: torch.Tensor, loss: str, backward: bool) -> torch.Tensor:
+    """Σ_i w_i ℓ_i over the whole set in chunks; with `backward`, accumulate its gradient."""
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for start in range(0, len(x), EVAL_CHUNK):
+        stop = start + EVAL_CHUNK
+        part = (per_sample_loss(loss, model(x[start:stop]), targets[start:stop])
+                * weights[start:stop]).sum()
+        if backward:
+            part.backward()
+        total += part.detach().double()
+    return total
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None,
+              weights: torch.Tensor | None) -> float | None:
+    if labels is None:
+        return None
+    hits = torch.zeros((), dtype=torch.float64, device=x.device)
+    with torch.no_grad():
+        for start in range(0, len(x), EVAL_CHUNK):
+            stop = start + EVAL_CHUNK
+            output = model(x[start:stop])
+            if output.shape[1] < 2:
+                return None
+            hit = (output.argmax(dim=1) == labels[start:stop]).double()
+            hits += (hit * weights[start:stop]).sum() if weights is not None else hit.sum()
+    return float(hits) if weights is not None else float(hits) / len(x)
+
+
+def linear_stationarity(model: nn.Module, weight_decay: float) -> dict[str, float | None]:
+    """‖∇_W L_data + λW‖_F / ‖λW‖_F per nn.Linear (module path), from the grads in `.grad`."""
+    result: dict[str, float | None] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            W = module.weight.detach().double()
+            grad = module.weight.grad
+            grad = torch.zeros_like(W) if grad is None else grad.detach().double()
+            denominator = float((weight_decay * W).norm())
+            result[name] = (float((grad + weight_decay * W).norm()) / denominator
+                            if denominator > 0 else None)
+    return result
+
+
+class FullData:
+    """The training (and test) tensors on the device, in the training dtype."""
+
+    def __init__(self, data: Dataset, loss: str, device: torch.device, dtype: torch.dtype):
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+
+        self.n = data.n_train
+        self.x = move(data.x_train.reshape(self.n, -1))
+        self.t = move(data.targets(loss))
+        self.labels = data.y_train.to(device) if data.n_classes is not None else None
+        exact = (None if data.weights is None
+                 else (data.weights.double() / data.weights.double().sum()).to(device))
+        self.w = None if exact is None else exact.to(dtype)
+        self._w64 = exact
+        has_test = data.x_test is not None and data.y_test is not None and len(data.x_test) > 0
+        self.x_test = move(data.x_test.reshape(len(data.x_test), -1)) if has_test else None
+        self.t_test = move(data.targets(loss, "test")) if has_test else None
+        self.labels_test = (data.y_test.to(device) if has_test and data.n_classes is not None
+                            else None)
+
+    def cast(self, dtype: torch.dtype) -> FullData:
+        other = copy.copy(self)
+        for key, value in vars(self).items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                setattr(other, key, value.to(dtype))
+        if dtype == torch.float64 and self._w64 is not None:
+            other.w = self._w64  # the sample weights without a float32 round trip
+        return other
+
+    def uniform(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        return torch.full((n,), 1.0 / n, dtype=like.dtype, device=like.device)
+
+
+def evaluate(model: nn.Module, d: FullData, loss: str, weight_decay: float) -> dict[str, Any]:
+    """Exact full-data metrics and per-layer stationarity, computed on a float64 copy."""
+    m = copy.deepcopy(model).double()
+    d64 = d.cast(torch.float64)
+    m.zero_grad(set_to_none=True)
+    w = d64.w if d64.w is not None else d64.uniform(d64.n, d64.x)
+    data_loss = float(objective_terms(m, d64.x, d64.t, w, loss, backward=True))
+    penalty = sum(float(p.detach().pow(2).sum()) for p in m.parameters())
+    result: dict[str, Any] = {
+        "train_loss": data_loss, "objective": data_loss + 0.5 * weight_decay * penalty,
+        "train_acc": accuracy(m, d64.x, d64.labels, d64.w),
+        "stationarity": linear_stationarity(m, weight_decay),
+    }
+    if d64.x_test is not None:
+        with torch.no_grad():
+            wt = d64.uniform(len(d64.x_test), d64.x_test)
+            result["test_loss"] = float(objective_terms(m, d64.x_test, d64.t_test, wt, loss,
+                                                         backward=False))
+        result["test_acc"] = accuracy(m, d64.x_test, d64.labels_test, None)
+    return result
+
+
+def finite_or_none(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
