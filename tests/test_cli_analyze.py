@@ -193,3 +193,21 @@ def test_code_running_pickle_is_refused_by_the_real_script(tmp_path):
     assert result.returncode == 2 and "refused" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "pwned").exists()
+
+
+def test_the_readme_main_job_on_the_shipped_checkpoint():
+    """`fact analyze sample_checkpoints/mlp5_mnist10k.pt` offline: the paper's Fig. 2 ordering."""
+    from pathlib import Path
+
+    sample = Path(__file__).parent.parent / "sample_checkpoints" / "mlp5_mnist10k.pt"
+    result = fact("analyze", sample, "--format", "jsonl", "--relations", "fact,nfa,enfa")
+    assert result.returncode == 0, result.stderr
+    rows = {(r["layer"], r["relation"]): r for r in map(json.loads, result.stdout.splitlines())}
+    layers = sorted({layer for layer, _ in rows}, key=int)
+    assert layers == ["0", "2", "4", "6", "8"]
+    for layer in layers:
+        fact_, nfa = rows[layer, "fact"]["pearson"], rows[layer, "nfa"]["pearson"]
+        assert fact_ > nfa > rows[layer, "enfa"]["pearson"], layer
+        assert fact_ > 0.98 and rows[layer, "fact"]["stationarity"] < 0.5
+    table = fact("analyze", sample, "--max-samples", "500")
+    assert table.returncode == 0 and "α*" in table.stdout and "784→256" in table.stdout

@@ -97,7 +97,7 @@ def test_weighted_minibatch_objective_matches_the_full_sum():
 
 
 def _child(args, tmp_path):
-    env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.Popen([sys.executable, "-m", "factcli", "train", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=tmp_path)

@@ -52,6 +52,9 @@ def _table(analysis: Analysis, relations: list[str], metric: str, title: str) ->
     table.add_column("layer", no_wrap=True)
     table.add_column("k→m", justify="right", no_wrap=True)
     table.add_column("station.", justify="right", no_wrap=True)
+    fitted = "agop" in relations or "nfa" in relations
+    if fitted:
+        table.add_column("α*", justify="right", no_wrap=True)
     for relation in relations:
         table.add_column(relation, justify="right", no_wrap=True, min_width=len(relation))
     best_is_low = metric == "rel_err"
@@ -62,9 +65,10 @@ def _table(analysis: Analysis, relations: list[str], metric: str, title: str) ->
         cells = [Text(number(v), style=agreement_style(v, metric)
                       + (" bold reverse" if v == best and len(finite) > 1 else ""))
                  for v in values]
+        alpha = [Text(number(layer.best_alpha, 2), style="cyan")] if fitted else []
         table.add_row(layer.name, f"{layer.in_features}→{layer.out_features}",
                       Text(number(layer.stationarity, 2), style=stationarity_style(
-                          layer.stationarity)), *cells)
+                          layer.stationarity)), *alpha, *cells)
     return table
 
 
@@ -79,7 +83,8 @@ def footer(analysis: Analysis, metric: str) -> str:
         f"data {info.get('dataset')} · n = {info.get('n_samples')} · model in "
         f"{info.get('mode', 'eval')} mode · {info.get('dtype')} on {info.get('device')}, "
         "float64 sums",
-        "stationarity = ‖∇W L_data + λW‖ / ‖λW‖ (FACT must hold when it is ~0)",
+        "stationarity = ‖∇W L_data + λW‖ / ‖λW‖ (FACT must hold when it is ~0) · "
+        "α* = the NFA power that fits WᵀW best",
     ]
     return "\n".join(parts)
 
