@@ -15,12 +15,11 @@ from torch import nn
 from . import relations as rel
 from .checkpoint import Checkpoint, load_checkpoint
 from .datasets import Dataset, load_dataset
+from .device import resolve_device, resolve_dtype
 from .errors import FactError
 from .losses import check_loss
 from .metrics import METRICS
 from .stats import LayerSums, accumulate
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass
@@ -76,18 +75,6 @@ def linear_layers(model: nn.Module, patterns: list[str] | None = None) -> dict[s
             raise FactError(f"no layer matches {pattern!r}; layers: {', '.join(found)}")
         chosen.update((name, found[name]) for name in matches)
     return {name: found[name] for name in found if name in chosen}
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise FactError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise FactError("--device cuda asked for, but no CUDA device is available")
-    return resolved
 
 
 def _subsample(dataset: Dataset, max_samples: int | None, seed: int
@@ -159,7 +146,7 @@ def analyze(
         warnings.append("trained with AdamW (decoupled weight decay): its fixed points are not "
                         "critical points of L, so FACT holds only approximately")
 
-    run_device = _resolve_device(device)
+    run_device = resolve_device(device)
     run_dtype = _pick_dtype(dtype, network)
     network = network.to(device=run_device, dtype=run_dtype).eval()
     for module in network.modules():  # in-place activations would overwrite the captured z
@@ -237,6 +224,4 @@ def _pick_dtype(dtype: str | None, network: nn.Module) -> torch.dtype:
     if dtype is None:
         floating = [p.dtype for p in network.parameters() if p.is_floating_point()]
         return torch.float64 if floating and floating[0] == torch.float64 else torch.float32
-    if dtype not in DTYPES:
-        raise FactError(f"unknown dtype {dtype!r}; choose float32 or float64")
-    return DTYPES[dtype]
+    return resolve_dtype(dtype)

@@ -45,6 +45,7 @@ from torch import nn
 from . import __version__
 from .checkpoint import FORMAT, Checkpoint, save_checkpoint
 from .datasets import Dataset, load_dataset
+from .device import resolve_device, resolve_dtype
 from .errors import FactError
 from .files import atomic_path, check_writable
 from .losses import check_loss, per_sample_loss
@@ -55,7 +56,6 @@ from .polish import Callback, polish, worst_stationarity
 ARCHS = ("mlp", "linear", "quadratic")
 OPTIMIZERS = ("sgd", "gd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 RESUME_FORMAT = "factcli.resume/1"
 RESUME_KEY = "resume"
 
@@ -131,8 +131,7 @@ def _resolve(config: TrainConfig, data: Dataset) -> tuple[dict[str, Any], dict[s
                         f"{', '.join(OPTIMIZERS)}")
     if c.schedule is not None and c.schedule not in SCHEDULES:
         raise FactError(f"unknown schedule {c.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
-    if c.dtype not in DTYPES:
-        raise FactError(f"unknown dtype {c.dtype!r}; choose float32 or float64")
+    resolve_dtype(c.dtype)
     if c.activation is not None and c.activation not in ACTIVATIONS:
         raise FactError(f"unknown activation {c.activation!r}; choose one of: "
                         f"{', '.join(ACTIVATIONS)}")
@@ -205,18 +204,6 @@ def _resolve(config: TrainConfig, data: Dataset) -> tuple[dict[str, Any], dict[s
         "weighted": data.weights is not None, "factcli_version": __version__,
     }
     return model, training
-
-
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise FactError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise FactError("--device cuda asked for, but no CUDA device is available")
-    return resolved
 
 
 def lr_at(training: dict[str, Any], epoch: int) -> float:
@@ -333,10 +320,10 @@ def train(
         raise FactError(f"--eval-every must be at least 1 (got {eval_every})")
     if config.arch not in ARCHS:  # before loading a possibly large dataset
         raise FactError(f"unknown arch {config.arch!r}; fact train builds: {', '.join(ARCHS)}")
-    run_device = _device(device)
+    run_device = resolve_device(device)
     dataset = data if data is not None else load_dataset(config.dataset, data_dir)
     model_spec, training = _resolve(config, dataset)
-    dtype = DTYPES[config.dtype]
+    dtype = resolve_dtype(config.dtype)
     result = TrainResult(Checkpoint(model_spec, {}, training), path=str(out) if out else None)
 
     def emit(event: dict[str, Any]) -> None:
