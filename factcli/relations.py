@@ -117,7 +117,7 @@ def best_alpha(feature: torch.Tensor, eigenvalues: torch.Tensor, eigenvectors: t
     grid = torch.arange(1, 201, dtype=torch.float64) / 100 if grid is None else grid.double()
     d, V = eigenvalues.double().clamp(min=0), eigenvectors.double()
     keep = d > d.max() * 1e-12 if d.numel() and d.max() > 0 else d > 0
-    if not keep.any():
+    if keep.sum() < 2:  # AGOP of rank ≤ 1: every power has the same shape, α is not identifiable
         return math.nan
     d, V = d[keep], V[:, keep]
     A = feature.double()

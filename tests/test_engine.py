@@ -191,6 +191,7 @@ def test_best_alpha_recovers_a_planted_power():
     grid = torch.arange(1, 201, dtype=torch.float64) / 100
     brute = max(grid.tolist(), key=lambda a: pearson(other, psd_power(agop, a)))
     assert best_alpha(other, spectrum, q) == pytest.approx(brute)
+    assert math.isnan(best_alpha(nfm, spectrum[:1], q[:, :1]))  # rank 1: α not identifiable
 
 
 def test_max_samples_is_a_seeded_recorded_subsample():
