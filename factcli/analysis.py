@@ -167,7 +167,8 @@ def analyze(
             batch_t = batch_t.to(run_dtype)
         batch_w = None if weights is None else weights[start:stop].to(run_device)
         try:
-            losses, output = accumulate(network, chosen, sums, batch_x, batch_t, batch_w, loss)
+            losses, output = accumulate(network, chosen, sums, batch_x, batch_t, batch_w, loss,
+                                        outputs=rel.needs_agop(names))
         except RuntimeError as error:
             if start == 0:
                 first = str(error).strip().splitlines()[0]

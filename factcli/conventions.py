@@ -4,4 +4,5 @@ FORWARD = ("fact", "fact_sym", "fact_sqrt", "nfa", "agop", "enfa")     # k×k, c
 BACKWARD = ("bfact", "bfact_sym", "bfact_sqrt", "bnfa", "bagop", "benfa")  # m×m, with WWᵀ
 RELATIONS = FORWARD + BACKWARD
 FACT_FAMILY = frozenset({"fact", "fact_sym", "fact_sqrt", "bfact", "bfact_sym", "bfact_sqrt"})
+AGOP_FAMILY = frozenset({"nfa", "agop", "bnfa", "bagop"})  # need the output Jacobians
 METRIC_NAMES = ("pearson", "cosine", "rel_err")

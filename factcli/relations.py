@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .conventions import BACKWARD, FACT_FAMILY, FORWARD, RELATIONS
+from .conventions import AGOP_FAMILY, BACKWARD, FACT_FAMILY, FORWARD, RELATIONS
 from .errors import FactError
 from .linalg import psd_power, sqrt_outer
 from .stats import LayerSums
@@ -24,6 +24,11 @@ __all__ = ["BACKWARD", "FACT_FAMILY", "FORWARD", "RELATIONS", "compute", "best_a
 def reference(relation: str) -> str:
     """The feature matrix a relation is compared against: NFM = WᵀW or bNFM = WWᵀ."""
     return "nfm" if relation in FORWARD else "bnfm"
+
+
+def needs_agop(names: tuple[str, ...]) -> bool:
+    """Whether any relation needs the output Jacobians (the batched backward of c outputs)."""
+    return bool(AGOP_FAMILY.intersection(names))
 
 
 def check_relations(names: list[str] | None) -> tuple[str, ...]:
@@ -81,7 +86,8 @@ def compute(W: torch.Tensor, sums: LayerSums, weight_decay: float | None, alpha:
         return cache[name]
 
     matrices = {name: get(name) for name in ("nfm", "bnfm", *names)}
-    return matrices, best_alpha(matrices["nfm"], *spectrum())
+    fitted = best_alpha(matrices["nfm"], *spectrum()) if needs_agop(names) else math.nan
+    return matrices, fitted
 
 
 def agop_spectrum(W: torch.Tensor, GG: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -202,3 +202,18 @@ def test_max_samples_is_a_seeded_recorded_subsample():
     assert first.info["n_samples"] == 10 and first.info["sample_seed"] == 7
     assert torch.equal(first.layers[0].matrices["agop"], again.layers[0].matrices["agop"])
     assert not torch.equal(first.layers[0].matrices["agop"], other.layers[0].matrices["agop"])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_without_agop_one_loss_backward_gives_the_same_matrices(case):
+    """No AGOP asked for: g comes from one backward of the loss, not from the output Jacobians."""
+    model, data = make_case(case, True, "cross_entropy", weighted=case == "tokens")
+    cheap = ("fact", "fact_sym", "fact_sqrt", "enfa", "bfact", "bfact_sym", "bfact_sqrt", "benfa")
+    full = analyze(model, data, loss="cross_entropy", weight_decay=1e-3, batch_size=4)
+    fact_only = analyze(model, data, loss="cross_entropy", weight_decay=1e-3, batch_size=4,
+                        relations=list(cheap))
+    for a, b in zip(full.layers, fact_only.layers):
+        assert a.stationarity == pytest.approx(b.stationarity, rel=1e-12)
+        for name in ("nfm", "bnfm", *cheap):
+            assert relative(b.matrices[name], a.matrices[name]) < 1e-12, (a.name, name)
+        assert math.isnan(b.best_alpha) and not math.isnan(a.best_alpha)
