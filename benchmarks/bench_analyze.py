@@ -1,7 +1,7 @@
 """Hand-run benchmark of the relation engine (not a test). Reports ratios measured side by side.
 
     python benchmarks/bench_analyze.py            # all three parts, CPU, 1 thread by default
-    python benchmarks/bench_analyze.py --threads 2 --part speed
+    python benchmarks/bench_analyze.py --part overhead --n 40000   # (a) at 40k samples
 
 (a) `analyze` vs the bare minimum in plain torch with hooks (forward + backward of the summed
     loss + one batched backward of the c outputs per batch, the same float64 sums), same batches;
@@ -97,7 +97,7 @@ def timed(function, repeats: int = 3) -> float:
     return best
 
 
-def speed(n: int, batch_size: int) -> None:
+def overhead(n: int, batch_size: int) -> None:
     torch.manual_seed(0)
     model = mlp(784, 10, 256, 5).eval()
     data = mnist(n)
@@ -122,6 +122,11 @@ def speed(n: int, batch_size: int) -> None:
     print(f"    analyze() / bare minimum with the same float64 sums : {engine / minimum:.2f}")
     print(f"    analyze() / bare passes (no sums at all)            : {engine / passes:.2f}")
     print(f"    whole `fact analyze` command / bare minimum         : {whole / minimum:.2f}")
+
+
+def depth_scaling(n: int, batch_size: int) -> None:
+    data = mnist(n)
+    kwargs = dict(loss="mse", weight_decay=1e-4, batch_size=batch_size, device="cpu")
     print("(b) published per-layer vmap(jacrev) AGOP / analyze(), by depth: all relations | "
           "AGOP only (what the published code computes)")
     for depth in (2, 3, 5, 8, 16):
@@ -168,7 +173,7 @@ def memory(n: int, batch_size: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", default="all", choices=["all", "speed", "memory",
+    parser.add_argument("--part", default="all", choices=["all", "overhead", "depth", "memory",
                                                           "memory-child"])
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=1000)
@@ -177,8 +182,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.part == "memory-child":
         return memory_child(args.n, args.batch_size)
-    if args.part in ("all", "speed"):
-        speed(args.n, args.batch_size)
+    if args.part in ("all", "overhead"):
+        overhead(args.n, args.batch_size)
+    if args.part in ("all", "depth"):
+        depth_scaling(args.n, args.batch_size)
     if args.part in ("all", "memory"):
         memory(args.n, args.batch_size)
 
