@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import math
 import os
@@ -19,6 +20,7 @@ from .device import resolve_device, resolve_dtype
 from .errors import FactError
 from .losses import check_loss
 from .metrics import METRICS
+from .models import check_finite
 from .stats import LayerSums, accumulate
 
 
@@ -121,7 +123,8 @@ def analyze(
     training: dict[str, Any] = {}
     info: dict[str, Any] = {"checkpoint": None, "checkpoint_sha256": None}
     if isinstance(source, nn.Module):
-        network = source
+        network = copy.deepcopy(source)  # moved, cast and put in eval mode: not the caller's
+        check_finite(network.named_parameters())
     else:
         checkpoint = source if isinstance(source, Checkpoint) else load_checkpoint(source, model)
         network, training = checkpoint.build(), checkpoint.training
@@ -154,21 +157,45 @@ def analyze(
             module.inplace = False
     chosen = linear_layers(network, layers)
     x, labels, weights = _subsample(data, max_samples, seed)
+    sums, data_loss, accuracy = _stream(network, chosen, data, x, labels, weights, loss,
+                                        rel.needs_agop(names), batch_size, progress)
+    results = [_layer_result(name, layer.weight.detach().double(), sums[name], weight_decay,
+                             alpha, names) for name, layer in chosen.items()]
+    penalty = sum(float(p.detach().double().pow(2).sum()) for p in network.parameters())
+    info.update(
+        dataset=data.spec, n_samples=len(x), n_train=data.n_train, max_samples=max_samples,
+        sample_seed=seed, loss=loss, weight_decay=weight_decay, alpha=alpha, relations=list(names),
+        device=str(run_device), dtype=str(run_dtype).removeprefix("torch."),
+        torch_version=torch.__version__, mode="eval", weighted=data.weights is not None,
+        data_loss=data_loss, accuracy=accuracy, training=training,
+        objective=data_loss + 0.5 * weight_decay * penalty
+        if rel.has_scale(weight_decay) else math.nan,
+    )
+    return Analysis(results, info, warnings)
+
+
+def _stream(network: nn.Module, chosen: dict[str, nn.Linear], data: Dataset, x: torch.Tensor,
+            labels: torch.Tensor, weights: torch.Tensor | None, loss: str, agop: bool,
+            batch_size: int, progress: Callable[[int, int], None] | None
+            ) -> tuple[dict[str, LayerSums], float, float]:
+    """One pass over the data in batches: the per-layer sums (already divided by n, or
+    weighted), the data loss Σ w_i ℓ_i and the (weighted) training accuracy."""
+    parameter = next(network.parameters())
+    device, dtype = parameter.device, parameter.dtype
     targets = Dataset(data.spec, x, labels, n_classes=data.n_classes).targets(loss)
-    sums = {name: LayerSums.zeros(layer, run_device) for name, layer in chosen.items()}
-    data_loss = torch.zeros((), dtype=torch.float64, device=run_device)
-    correct = torch.zeros((), dtype=torch.float64, device=run_device)
+    sums = {name: LayerSums.zeros(layer, device) for name, layer in chosen.items()}
+    data_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
     n = len(x)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        batch_x = x[start:stop].to(run_device, run_dtype)
-        batch_t = targets[start:stop].to(run_device)
+        batch_t = targets[start:stop].to(device)
         if batch_t.is_floating_point():
-            batch_t = batch_t.to(run_dtype)
-        batch_w = None if weights is None else weights[start:stop].to(run_device)
+            batch_t = batch_t.to(dtype)
+        batch_w = None if weights is None else weights[start:stop].to(device)
         try:
-            losses, output = accumulate(network, chosen, sums, batch_x, batch_t, batch_w, loss,
-                                        outputs=rel.needs_agop(names))
+            losses, output = accumulate(network, chosen, sums, x[start:stop].to(device, dtype),
+                                        batch_t, batch_w, loss, outputs=agop)
         except RuntimeError as error:
             if start == 0:
                 first = str(error).strip().splitlines()[0]
@@ -178,43 +205,29 @@ def analyze(
         share = 1.0 / n if batch_w is None else batch_w
         data_loss += (losses.double() * share).sum()
         if data.n_classes is not None and output.shape[1] == data.n_classes:
-            hits = output.argmax(dim=1) == labels[start:stop].to(run_device)
+            hits = output.argmax(dim=1) == labels[start:stop].to(device)
             correct += (hits.double() * share).sum()
         if progress:
             progress(stop, n)
-
     if weights is None:
         for total in sums.values():
             total.scale(1.0 / n)
-    results = []
-    for name, layer in chosen.items():
-        W = layer.weight.detach().double()
-        matrices, fitted = rel.compute(W, sums[name], weight_decay, alpha, names)
-        matrices = {key: value.cpu() for key, value in matrices.items()}
-        metrics = {}
-        for relation in names:
-            reference, candidate = matrices[rel.reference(relation)], matrices[relation]
-            values = {metric: fn(reference, candidate) for metric, fn in METRICS.items()}
-            if relation not in rel.FACT_FAMILY or not rel.has_scale(weight_decay):
-                values["rel_err"] = math.nan
-            metrics[relation] = values
-        results.append(LayerResult(name, W.shape[1], W.shape[0],
-                                   rel.stationarity(W, sums[name], weight_decay),
-                                   matrices, metrics, fitted))
-    penalty = sum(float(p.detach().double().pow(2).sum()) for p in network.parameters())
-    data_loss_value = float(data_loss)
-    info.update(
-        dataset=data.spec, n_samples=n, n_train=data.n_train, max_samples=max_samples,
-        sample_seed=seed, loss=loss, weight_decay=weight_decay, alpha=alpha, relations=list(names),
-        device=str(run_device), dtype=str(run_dtype).removeprefix("torch."),
-        torch_version=torch.__version__, mode="eval", weighted=data.weights is not None,
-        data_loss=data_loss_value,
-        objective=data_loss_value + 0.5 * weight_decay * penalty
-        if rel.has_scale(weight_decay) else math.nan,
-        accuracy=float(correct) if data.n_classes is not None else math.nan,
-        training=training,
-    )
-    return Analysis(results, info, warnings)
+    return sums, float(data_loss), float(correct) if data.n_classes is not None else math.nan
+
+
+def _layer_result(name: str, W: torch.Tensor, sums: LayerSums, weight_decay: float | None,
+                  alpha: float, names: tuple[str, ...]) -> LayerResult:
+    matrices, fitted = rel.compute(W, sums, weight_decay, alpha, names)
+    matrices = {key: value.cpu() for key, value in matrices.items()}
+    metrics = {}
+    for relation in names:
+        reference, candidate = matrices[rel.reference(relation)], matrices[relation]
+        values = {metric: fn(reference, candidate) for metric, fn in METRICS.items()}
+        if relation not in rel.FACT_FAMILY or not rel.has_scale(weight_decay):
+            values["rel_err"] = math.nan
+        metrics[relation] = values
+    return LayerResult(name, W.shape[1], W.shape[0], rel.stationarity(W, sums, weight_decay),
+                       matrices, metrics, fitted)
 
 
 def _missing(what: str, flag: str) -> None:

@@ -118,6 +118,12 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
             raise FactError(f"the weights do not fit the architecture: {name} has shape "
                             f"{tuple(tensor.shape)}, the model expects "
                             f"{tuple(expected[name].shape)}")
+    check_finite(state_dict.items())
+    model.load_state_dict(state_dict)
+
+
+def check_finite(named_tensors) -> None:
+    """Refuse NaN or infinite weights up front: every relation computed from them is noise."""
+    for name, tensor in named_tensors:
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise FactError(f"parameter {name} contains NaN or infinite values")
-    model.load_state_dict(state_dict)

@@ -217,3 +217,10 @@ def test_without_agop_one_loss_backward_gives_the_same_matrices(case):
         for name in ("nfm", "bnfm", *cheap):
             assert relative(b.matrices[name], a.matrices[name]) < 1e-12, (a.name, name)
         assert math.isnan(b.best_alpha) and not math.isnan(a.best_alpha)
+
+
+def test_the_callers_module_is_left_as_it_was():
+    model, data = make_case("relu-mlp", True, "mse", weighted=False)
+    model = model.float().train()
+    analyze(model, data, loss="mse", weight_decay=1e-3, dtype="float64")
+    assert model.training and next(model.parameters()).dtype == torch.float32
