@@ -16,7 +16,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     denominator = a.norm() * b.norm()
     if denominator == 0 or not torch.isfinite(denominator):
         return math.nan
-    return float((a @ b) / denominator)
+    return min(1.0, max(-1.0, float((a @ b) / denominator)))  # round-off can pass ±1 by an ulp
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:

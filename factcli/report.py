@@ -18,7 +18,6 @@ from .errors import FactError
 from .files import atomic_path
 
 FORMAT = "factcli.report/1"
-ROW_FIELDS = ("layer", "relation", "pearson", "cosine", "rel_err")
 # Provenance stored as plain attributes, in this order; dicts and lists go in as JSON text.
 _ATTRS = ("checkpoint", "checkpoint_sha256", "dataset", "n_samples", "loss", "weight_decay",
           "alpha", "device", "dtype", "torch_version")
