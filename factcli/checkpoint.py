@@ -87,7 +87,8 @@ def _infer_layout(arch: str, state_dict: dict[str, torch.Tensor]) -> dict[str, A
     return inferred
 
 
-def _read_pt(path: Path) -> Any:
+def read_pt(path: Path) -> Any:
+    """The content of a `.pt` file, read with `weights_only=True`; failures are FactErrors."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's pickle-protocol notes are noise here
@@ -135,7 +136,7 @@ def load_checkpoint(path: str | os.PathLike, model: dict[str, Any] | None = None
         stored_model = _json_field(metadata, "model", source)
         stored_training = _json_field(metadata, "training", source)
     else:
-        content = _read_pt(source)
+        content = read_pt(source)
         if isinstance(content, dict) and content.get("format") == FORMAT:
             state_dict = content.get("state_dict", {})
             stored_model = dict(content.get("model") or {})

@@ -21,7 +21,11 @@ EVAL_CHUNK = 8192
 
 def objective_terms(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
                      weights: torch.Tensor, loss: str, backward: bool) -> torch.Tensor:
-    """Σ_i w_i ℓ_i over the whole set in chunks; with `backward`, accumulate its gradient."""
+    """Σ_i w_i ℓ_i over the whole set; with `backward`, accumulate its gradient in `.grad`.
+
+    Chunked (and each chunk's graph freed by its own backward) so that memory stays bounded by
+    EVAL_CHUNK samples however large the set; the sum is accumulated in float64.
+    """
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for start in range(0, len(x), EVAL_CHUNK):
         stop = start + EVAL_CHUNK
@@ -93,20 +97,35 @@ class FullData:
             other.w = self._w64  # the sample weights without a float32 round trip
         return other
 
-    def uniform(self, n: int, like: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def uniform(n: int, like: torch.Tensor) -> torch.Tensor:
         return torch.full((n,), 1.0 / n, dtype=like.dtype, device=like.device)
+
+    def train_weights(self) -> torch.Tensor:
+        """The w_i of L as a tensor (the dataset's own or 1/n), so that every sum is Σ w_i ℓ_i."""
+        return self.w if self.w is not None else self.uniform(self.n, self.x)
+
+
+def regularized_objective(model: nn.Module, d: FullData, loss: str,
+                          weight_decay: float) -> tuple[float, float]:
+    """(Σ w_i ℓ_i, L) on the full training set, L including every parameter (biases too).
+
+    Leaves ∇ Σ w_i ℓ_i in `.grad` (previous gradients are discarded), which is what
+    `linear_stationarity` reads next.
+    """
+    model.zero_grad(set_to_none=True)
+    data_loss = float(objective_terms(model, d.x, d.t, d.train_weights(), loss, backward=True))
+    penalty = sum(float(p.detach().double().pow(2).sum()) for p in model.parameters())
+    return data_loss, data_loss + 0.5 * weight_decay * penalty
 
 
 def evaluate(model: nn.Module, d: FullData, loss: str, weight_decay: float) -> dict[str, Any]:
     """Exact full-data metrics and per-layer stationarity, computed on a float64 copy."""
     m = copy.deepcopy(model).double()
     d64 = d.cast(torch.float64)
-    m.zero_grad(set_to_none=True)
-    w = d64.w if d64.w is not None else d64.uniform(d64.n, d64.x)
-    data_loss = float(objective_terms(m, d64.x, d64.t, w, loss, backward=True))
-    penalty = sum(float(p.detach().pow(2).sum()) for p in m.parameters())
+    data_loss, objective = regularized_objective(m, d64, loss, weight_decay)
     result: dict[str, Any] = {
-        "train_loss": data_loss, "objective": data_loss + 0.5 * weight_decay * penalty,
+        "train_loss": data_loss, "objective": objective,
         "train_acc": accuracy(m, d64.x, d64.labels, d64.w),
         "stationarity": linear_stationarity(m, weight_decay),
     }

@@ -14,37 +14,36 @@ import torch
 from torch import nn
 
 from .losses import per_sample_loss
-from .objective import FullData, linear_stationarity, objective_terms
+from .objective import FullData, linear_stationarity, objective_terms, regularized_objective
 
 POLISH_METHOD = "lbfgs-strong-wolfe"
 NEWTON_METHOD = "newton"
 NEWTON_MAX_PARAMS = 1500
+LBFGS_CHUNK = 10  # L-BFGS iterations per optimizer.step: progress is reported between them
 Callback = Callable[[dict[str, Any]], None]
 
 
 def polish(model: nn.Module, d: FullData, loss: str, weight_decay: float, max_steps: int,
-           callback: Callback | None = None, should_stop: Callable[[], bool] | None = None,
-           method: str = "auto") -> dict[str, Any]:
+           callback: Callback | None = None,
+           should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Up to `max_steps` full-batch float64 second-order steps on L; the model becomes float64.
 
-    `auto`: damped Newton on the exact Hessian for tiny models (≤ NEWTON_MAX_PARAMS
-    parameters), L-BFGS with a strong-Wolfe line search otherwise.
+    Damped Newton on the exact Hessian for tiny models (≤ NEWTON_MAX_PARAMS parameters: the
+    Hessian is cheap and convergence quadratic), L-BFGS with a strong-Wolfe line search otherwise.
     """
     model.double()
     size = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if method == "auto":
-        method = NEWTON_METHOD if size <= NEWTON_MAX_PARAMS else POLISH_METHOD
-    if method == NEWTON_METHOD:
+    if size <= NEWTON_MAX_PARAMS:
         return _newton(model, d, loss, weight_decay, max_steps, callback, should_stop)
     return _lbfgs(model, d, loss, weight_decay, max_steps, callback, should_stop)
 
 
 def _lbfgs(model: nn.Module, d: FullData, loss: str, weight_decay: float, max_steps: int,
-           callback: Callback | None, should_stop: Callable[[], bool] | None,
-           chunk: int = 10) -> dict[str, Any]:
+           callback: Callback | None, should_stop: Callable[[], bool] | None) -> dict[str, Any]:
     d64 = d.cast(torch.float64)
-    w = d64.w if d64.w is not None else d64.uniform(d64.n, d64.x)
+    w = d64.train_weights()
     params = [p for p in model.parameters() if p.requires_grad]
+    chunk = LBFGS_CHUNK
     optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=chunk, max_eval=5 * chunk,
                                   tolerance_grad=0.0, tolerance_change=0.0, history_size=100,
                                   line_search_fn="strong_wolfe")
@@ -58,13 +57,11 @@ def _lbfgs(model: nn.Module, d: FullData, loss: str, weight_decay: float, max_st
                 value += 0.5 * weight_decay * p.double().pow(2).sum()
         return value
 
-    def current() -> tuple[float, dict[str, float | None]]:
-        optimizer.zero_grad(set_to_none=True)
-        data_loss = float(objective_terms(model, d64.x, d64.t, w, loss, backward=True))
-        penalty = sum(float(p.detach().pow(2).sum()) for p in params)
-        return data_loss + 0.5 * weight_decay * penalty, linear_stationarity(model, weight_decay)
+    def current() -> tuple[float, float]:
+        objective = regularized_objective(model, d64, loss, weight_decay)[1]
+        return objective, worst_stationarity(linear_stationarity(model, weight_decay))
 
-    objective, station = current()
+    objective, worst = current()
     start_objective, steps, evaluations, history = objective, 0, 0, []
     best, stale = objective, 0
     while steps < max_steps:
@@ -76,16 +73,15 @@ def _lbfgs(model: nn.Module, d: FullData, loss: str, weight_decay: float, max_st
         done = int(state.get("n_iter", 0)) - steps
         evaluations = int(state.get("func_evals", 0))
         steps += done
-        objective, station = current()
-        row = {"event": "polish", "step": steps, "objective": objective,
-               "stationarity": worst_stationarity(station)}
+        objective, worst = current()
+        row = {"event": "polish", "step": steps, "objective": objective, "stationarity": worst}
         history.append(row)
         if callback is not None:
             callback(dict(row))
         # L-BFGS stalls at the precision limit of float64: stop when L no longer decreases.
         stale = stale + 1 if not objective < best - 1e-15 * abs(best) else 0
         best = min(best, objective)
-        if done == 0 or stale >= 3 or worst_stationarity(station) < 1e-13:
+        if done == 0 or stale >= 3 or worst < 1e-13:
             break
     optimizer.zero_grad(set_to_none=True)
     return {"method": POLISH_METHOD, "max_steps": max_steps, "steps": steps,
@@ -101,7 +97,7 @@ def _newton(model: nn.Module, d: FullData, loss: str, weight_decay: float, max_s
     from torch.func import functional_call, grad, hessian
 
     d64 = d.cast(torch.float64)
-    w = d64.w if d64.w is not None else d64.uniform(d64.n, d64.x)
+    w = d64.train_weights()
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
     shapes, sizes = [p.shape for p in params], [p.numel() for p in params]
@@ -151,11 +147,11 @@ def _newton(model: nn.Module, d: FullData, loss: str, weight_decay: float, max_s
 
     value, gradient = value_grad(theta)
     start_value, steps, evaluations, history = value, 0, 1, []
-    best, stale = worst_stationarity(station(theta, gradient)), 0
+    worst = worst_stationarity(station(theta, gradient))
+    best, stale = math.inf, 0
     while steps < max_steps:
         if should_stop is not None and should_stop():
             break
-        worst = worst_stationarity(station(theta, gradient))
         stale = stale + 1 if not worst < 0.5 * best else 0
         best = min(best, worst)
         # Stop at float64's floor: tiny, or small and no longer halving over 5 steps.
@@ -179,8 +175,8 @@ def _newton(model: nn.Module, d: FullData, loss: str, weight_decay: float, max_s
         if not accepted:
             break
         steps += 1
-        row = {"event": "polish", "step": steps, "objective": value,
-               "stationarity": worst_stationarity(station(theta, gradient))}
+        worst = worst_stationarity(station(theta, gradient))
+        row = {"event": "polish", "step": steps, "objective": value, "stationarity": worst}
         history.append(row)
         if callback is not None:
             callback(dict(row))
@@ -193,5 +189,6 @@ def _newton(model: nn.Module, d: FullData, loss: str, weight_decay: float, max_s
 
 
 def worst_stationarity(station: dict[str, float | None]) -> float:
+    """The largest per-layer stationarity; NaN when none is defined (λ = 0)."""
     values = [v for v in station.values() if v is not None]
     return max(values) if values else math.nan

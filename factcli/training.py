@@ -43,14 +43,14 @@ import torch
 from torch import nn
 
 from . import __version__
-from .checkpoint import FORMAT, Checkpoint, save_checkpoint
+from .checkpoint import FORMAT, Checkpoint, load_checkpoint, read_pt, save_checkpoint
 from .datasets import Dataset, load_dataset
 from .device import resolve_device, resolve_dtype
 from .errors import FactError
 from .files import atomic_path, check_writable
 from .losses import check_loss, per_sample_loss
 from .models import ACTIVATIONS, build_model
-from .objective import EVAL_CHUNK, FullData, accuracy, evaluate, finite_or_none
+from .objective import FullData, accuracy, evaluate, finite_or_none, objective_terms
 from .polish import Callback, polish, worst_stationarity
 
 ARCHS = ("mlp", "linear", "quadratic")
@@ -116,12 +116,11 @@ class TrainResult:
         return dict(self.checkpoint.training.get("stationarity") or {})
 
 
-
-
 # --------------------------------------------------------------------------- configuration
 
-def _resolve(config: TrainConfig, data: Dataset) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Check the options against each other and the data; return (model dict, training dict)."""
+def _check(config: TrainConfig) -> None:
+    """Check the options against each other: everything that needs no data, so that bad input
+    is rejected before a possibly large dataset is loaded."""
     c = config
     if c.arch not in ARCHS:
         raise FactError(f"unknown arch {c.arch!r}; fact train builds: {', '.join(ARCHS)}")
@@ -149,9 +148,6 @@ def _resolve(config: TrainConfig, data: Dataset) -> tuple[dict[str, Any], dict[s
     if c.optimizer in ("adam", "adamw") and c.momentum is not None:
         raise FactError(f"--momentum contradicts --optimizer {c.optimizer} (Adam has no momentum "
                         "option; use sgd or gd)")
-    if c.optimizer == "gd" and c.batch_size is not None and c.batch_size != data.n_train:
-        raise FactError(f"--batch-size {c.batch_size} contradicts --optimizer gd (full batch, "
-                        f"{data.n_train} samples); use --optimizer sgd")
     # Ranges.
     for name, value in (("width", c.width), ("depth", c.depth), ("batch-size", c.batch_size)):
         if value is not None and value < 1:
@@ -170,6 +166,14 @@ def _resolve(config: TrainConfig, data: Dataset) -> tuple[dict[str, Any], dict[s
         raise FactError(f"--target-loss must be positive (got {c.target_loss})")
     if c.epochs == 0 and c.polish == 0:
         raise FactError("--epochs 0 without --polish trains nothing")
+
+
+def _resolve(c: TrainConfig, data: Dataset) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check the (already `_check`ed) options against the data; fill in the defaults that
+    depend on arch, optimizer and data; return (model dict, training dict)."""
+    if c.optimizer == "gd" and c.batch_size is not None and c.batch_size != data.n_train:
+        raise FactError(f"--batch-size {c.batch_size} contradicts --optimizer gd (full batch, "
+                        f"{data.n_train} samples); use --optimizer sgd")
     if data.n_train == 0:
         raise FactError(f"dataset {data.spec!r} has no training samples")
     if c.loss == "cross_entropy" and data.n_classes is None:
@@ -217,11 +221,12 @@ def lr_at(training: dict[str, Any], epoch: int) -> float:
 def snapshot_path(out: str | os.PathLike, epoch: int, epochs: int) -> Path:
     """`runs/mlp.pt`, epoch 50 of 200 → `runs/mlp_epoch050.pt`."""
     path = Path(out)
-    digits = max(len(str(epochs)), 1)
+    digits = len(str(epochs))
     return path.with_name(f"{path.stem}_epoch{epoch:0{digits}d}{path.suffix}")
 
 
 def resume_sidecar(out: str | os.PathLike) -> Path:
+    """Where a `.safetensors` run keeps its resume state (safetensors holds tensors only)."""
     return Path(f"{out}.resume.pt")
 
 
@@ -233,7 +238,12 @@ def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _write(out: Path, model_spec: dict[str, Any], state: dict[str, torch.Tensor],
            training: dict[str, Any], resume: dict[str, Any] | None) -> None:
-    """Write the checkpoint at `out` (atomically), with its resume state if given."""
+    """Write the checkpoint at `out` atomically, with its resume state if given.
+
+    For `.safetensors` the self-contained sidecar goes first: a kill between the two writes
+    leaves a sidecar one save ahead, which is what `--resume` reads, so the state stays
+    consistent. Without resume state (polished) the sidecar is removed after the write.
+    """
     if out.suffix == ".safetensors":
         sidecar = resume_sidecar(out)
         if resume is not None:
@@ -258,19 +268,12 @@ def _read_resume(out: Path) -> dict[str, Any] | None:
     if out.suffix == ".safetensors" and not source.is_file():
         if not out.is_file():
             return None
-        from .checkpoint import load_checkpoint
-
         stored = load_checkpoint(out)
         return {"model": stored.model, "state_dict": stored.state_dict,
                 "training": stored.training, RESUME_KEY: None}
     if not source.is_file():
         return None
-    try:
-        content = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is bad input here
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise FactError(f"cannot resume from {source}: not a readable checkpoint "
-                        f"({first})") from None
+    content = read_pt(source)  # weights_only=True; an unreadable file is a FactError
     if not isinstance(content, dict) or content.get("format") not in (FORMAT, RESUME_FORMAT):
         raise FactError(f"cannot resume from {source}: not a factcli checkpoint")
     return content
@@ -298,7 +301,8 @@ def train(
     `should_stop()` is polled after every epoch: when it returns True the run saves its state
     at that epoch boundary and returns with `interrupted=True` (resume with `resume=True`).
     `eval_every` K evaluates the test split every K epochs (default: about 100 times per run,
-    always at the last epoch). `data` is a preloaded dataset (its spec must be `config.dataset`).
+    always at the last epoch). `data` is a preloaded dataset used instead of loading
+    `config.dataset` (the checkpoint records `data.spec`).
     Raises FactError on bad input and on divergence (NaN/inf loss); the file at `out` then still
     holds the last good state written.
     """
@@ -318,12 +322,11 @@ def train(
         raise FactError(f"--save-every must be at least 1 (got {save_every})")
     if eval_every is not None and eval_every < 1:
         raise FactError(f"--eval-every must be at least 1 (got {eval_every})")
-    if config.arch not in ARCHS:  # before loading a possibly large dataset
-        raise FactError(f"unknown arch {config.arch!r}; fact train builds: {', '.join(ARCHS)}")
+    _check(config)  # before loading a possibly large dataset
+    dtype = resolve_dtype(config.dtype)
     run_device = resolve_device(device)
     dataset = data if data is not None else load_dataset(config.dataset, data_dir)
     model_spec, training = _resolve(config, dataset)
-    dtype = resolve_dtype(config.dtype)
     result = TrainResult(Checkpoint(model_spec, {}, training), path=str(out) if out else None)
 
     def emit(event: dict[str, Any]) -> None:
@@ -354,13 +357,15 @@ def train(
         message(f"nothing to resume at {out}: starting from scratch")
     if stored is not None:
         start_epoch, polished = _restore(stored, model, optimizer, generator, model_spec,
-                                         training, out_path, run_device, dtype)
+                                         training, out_path)
         result.resumed_from = start_epoch
         training.update({k: v for k, v in stored["training"].items()
                          if k not in training or k in ("epoch", "finished", "stopped")})
         if polished:
             message(f"{out} is already polished and complete; nothing to do")
-            result.checkpoint = Checkpoint(model_spec, _model_state(model), stored["training"],
+            # the stored weights themselves: the model has the run's dtype, and rounding
+            # float64 polished weights to float32 would undo the polish
+            result.checkpoint = Checkpoint(model_spec, stored["state_dict"], stored["training"],
                                            str(out))
             result.elapsed_s = time.perf_counter() - started
             return result
@@ -451,7 +456,7 @@ def train(
                             f"{train_loss} (try a smaller --lr); {kept}")
         row: dict[str, Any] = {"event": "epoch", "epoch": epoch, "epochs": epochs,
                                "train_loss": train_loss,
-                               "train_acc": float(hits) / n if d.labels is not None else None,
+                               "train_acc": float(hits) / n if count_hits else None,
                                "test_loss": None, "test_acc": None, "lr": lr,
                                "time_s": time.perf_counter() - tick}
         reached = config.target_loss is not None and train_loss < config.target_loss
@@ -493,6 +498,7 @@ def train(
                              callback=callback, should_stop=should_stop)
         if should_stop is not None and should_stop():
             result.interrupted = True
+            model.to(dtype).load_state_dict(before_state)  # what `out` and `training` describe
             message(f"polish interrupted: {out} keeps the finished main run (epoch {epoch}); "
                     "resume with --resume --polish N")
         else:
@@ -533,12 +539,9 @@ def _batch(d: FullData, weights: torch.Tensor | None, index: torch.Tensor) -> tu
 
 def _test_metrics(model: nn.Module, d: FullData, loss: str) -> tuple[float, float | None]:
     with torch.no_grad():
-        total = torch.zeros((), dtype=torch.float64, device=d.x_test.device)
-        for start in range(0, len(d.x_test), EVAL_CHUNK):
-            stop = start + EVAL_CHUNK
-            total += per_sample_loss(loss, model(d.x_test[start:stop]),
-                                     d.t_test[start:stop]).double().sum()
-    return float(total) / len(d.x_test), accuracy(model, d.x_test, d.labels_test, None)
+        uniform = d.uniform(len(d.x_test), d.x_test)
+        total = objective_terms(model, d.x_test, d.t_test, uniform, loss, backward=False)
+    return float(total), accuracy(model, d.x_test, d.labels_test, None)
 
 
 def _params_finite(model: nn.Module) -> bool:
@@ -557,7 +560,7 @@ def _optimizer(model: nn.Module, training: dict[str, Any]) -> torch.optim.Optimi
 
 def _restore(stored: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
              generator: torch.Generator, model_spec: dict[str, Any], training: dict[str, Any],
-             out: Path, device: torch.device, dtype: torch.dtype) -> tuple[int, bool]:
+             out: Path) -> tuple[int, bool]:
     """Load a stored run into model/optimizer/generator; returns (epoch, already polished)."""
     previous = stored.get("training") or {}
     differences = [f"{key} {previous.get(key)!r} (stored) vs {training.get(key)!r} (now)"
@@ -573,14 +576,16 @@ def _restore(stored: dict[str, Any], model: nn.Module, optimizer: torch.optim.Op
         raise FactError(f"--resume: {out} holds no resume state (not written by fact train?)")
     try:
         model.load_state_dict(stored["state_dict"])
-    except (RuntimeError, KeyError) as error:
+    except (RuntimeError, KeyError, TypeError) as error:
         raise FactError(f"--resume: the weights in {out} do not fit: {error}") from None
     if polished:
         return int(previous.get("epoch", 0)), True
-    if state.get("format") != RESUME_FORMAT:
-        raise FactError(f"--resume: {out} has resume state of unknown format "
-                        f"{state.get('format')!r}")
-    model.to(device=device, dtype=dtype)
-    optimizer.load_state_dict(state["optimizer"])
-    generator.set_state(state["generator"])
-    return int(state["epoch"]), False
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise FactError(f"--resume: {out} has resume state of unknown format {found!r}")
+    try:  # load_state_dict casts the optimizer state to the parameters' device and dtype
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        return int(state["epoch"]), False
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise FactError(f"--resume: the resume state in {out} is damaged ({error})") from None

@@ -386,3 +386,54 @@ def test_library_config_object_and_unknown_option():
     assert result.checkpoint.model["width"] == 3 and result.training["optimizer"] == "gd"
     with pytest.raises(TypeError):
         train(arch="mlp", dataset="parity", colour="red")
+
+
+def test_resume_of_a_polished_float32_run_returns_the_stored_float64_weights(tmp_path):
+    out = tmp_path / "p.pt"
+    common = dict(arch="linear", dataset="teacher-linear:d=3,c=2,n=20", depth=2, optimizer="gd",
+                  weight_decay=1e-2, epochs=30, polish=50, out=out)  # dtype float32
+    polished = train(**common)
+    assert polished.training["polish"]["kept"] is True
+    again = train(**common, resume=True)
+    assert any("already polished" in m for m in again.messages)
+    stored = load_checkpoint(out).state_dict
+    assert all(t.dtype == torch.float64 for t in again.checkpoint.state_dict.values())
+    assert same_weights(again.checkpoint.state_dict, stored)
+    assert same_weights(polished.checkpoint.state_dict, stored)
+
+
+def test_interrupted_polish_returns_the_weights_the_file_keeps(tmp_path):
+    out, seen = tmp_path / "p.pt", []
+    result = train(**TINY, epochs=2, polish=50, out=out, callback=seen.append,
+                   should_stop=lambda: any(e["event"] == "polish" for e in seen))
+    assert result.interrupted and any("polish interrupted" in m for m in result.messages)
+    stored = load_checkpoint(out)
+    assert "polish" not in stored.training and stored.training["finished"] is True
+    assert same_weights(result.checkpoint.state_dict, stored.state_dict)
+
+
+def test_damaged_resume_state_is_a_fact_error(tmp_path):
+    out = tmp_path / "r.pt"
+    train(**TINY, epochs=2, out=out)
+    content = torch.load(out, weights_only=True)
+    del content["resume"]["optimizer"]
+    torch.save(content, out)
+    with pytest.raises(FactError, match="damaged"):
+        train(**TINY, epochs=4, out=out, resume=True)
+    out.write_bytes(b"not a checkpoint")
+    with pytest.raises(FactError, match="not a readable checkpoint"):
+        train(**TINY, epochs=4, out=out, resume=True)
+
+
+def test_bad_options_are_rejected_before_the_data_is_loaded(monkeypatch):
+    import factcli.training as training
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the dataset was loaded before the options were checked")
+
+    monkeypatch.setattr(training, "load_dataset", boom)
+    for bad, needle in ((dict(optimizer="rmsprop"), "unknown optimizer"),
+                        (dict(dtype="float16"), "dtype"), (dict(lr=-1.0), "--lr"),
+                        (dict(optimizer="adam", momentum=0.9), "contradicts")):
+        with pytest.raises(FactError, match=needle):
+            train(**{**TINY, **bad}, epochs=1)
