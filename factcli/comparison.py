@@ -16,10 +16,9 @@ from typing import Any
 import torch
 
 from .analysis import Analysis
-from .conventions import METRIC_NAMES
+from .conventions import BACKWARD, FORWARD, METRIC_NAMES, RELATIONS
 from .errors import FactError
 from .metrics import cosine, pearson
-from .relations import BACKWARD, FORWARD, RELATIONS
 
 ROW_FIELDS = ("stationarity", "epoch", "train_loss")
 FEATURE_FIELDS = ("pearson", "cosine", "overlap", "max_angle", "rank")
@@ -144,8 +143,10 @@ def compare(sources: list[Source], *, metric: str = "pearson",
     """
     check_metric(metric)
     sources = in_order(sources)
-    for source in sources:
-        if not any(source.metrics.get(layer) for layer in source.layers):
+    if not any(source.layers for source in sources):
+        raise FactError("the inputs hold no layers to compare")
+    for source in sources:  # one without layers lost them all to --layers (a shallower run)
+        if source.layers and not any(source.metrics.get(layer) for layer in source.layers):
             hint = " (an RFM report? compare its feature matrices with --features)" \
                 if source.kind == "rfm" else ""
             raise FactError(f"{source.label} holds no agreement metrics{hint}")
@@ -262,6 +263,8 @@ def feature_agreement(reference: torch.Tensor, other: torch.Tensor, rank: int | 
     if reference.shape != other.shape:
         raise FactError(f"feature matrices of shapes {tuple(reference.shape)} and "
                         f"{tuple(other.shape)} cannot be compared")
+    if not (torch.isfinite(reference).all() and torch.isfinite(other).all()):
+        raise FactError("a feature matrix has NaN or infinite entries")
     size = reference.shape[0]
     rank = energy_rank(reference) if rank is None else rank
     if not 1 <= rank <= size:
@@ -321,9 +324,9 @@ def _sym(matrix: torch.Tensor) -> torch.Tensor:
     return (matrix + matrix.mT) / 2
 
 
-def relation_names(relations: Collection[str] = RELATIONS) -> set[str]:
+def relation_names() -> set[str]:
     """The names a `--require` on views (a)/(b) may use."""
-    return {f"{r}.{m}" for r in relations for m in METRIC_NAMES} | set(ROW_FIELDS)
+    return {f"{r}.{m}" for r in RELATIONS for m in METRIC_NAMES} | set(ROW_FIELDS)
 
 
 def row_values(source: Source, layer: str) -> dict[str, float]:

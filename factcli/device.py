@@ -19,6 +19,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise FactError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise FactError("--device cuda asked for, but no CUDA device is available")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise FactError(f"no device {device!r}: {torch.cuda.device_count()} CUDA device(s)")
     return resolved
 
 

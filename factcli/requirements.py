@@ -48,7 +48,10 @@ def parse_requirement(text: str, names: Collection[str]) -> Requirement:
     """Parse `text`; every NAME must be one of `names` (a FactError otherwise)."""
     tokens = _tokenize(text)
     parser = _Parser(text, tokens, names)
-    tree = parser.requirement()
+    try:
+        tree = parser.requirement()
+    except RecursionError:  # hundreds of nested parentheses or signs
+        raise FactError(f"bad --require {text!r}: nested too deeply") from None
     if parser.position != len(tokens):
         parser.fail(f"unexpected {tokens[parser.position][1]!r}")
     return Requirement(text, tree, list(dict.fromkeys(parser.used)))

@@ -8,6 +8,7 @@ prints: per-iteration metrics are in `history_`, messages in `warnings_`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -49,13 +50,17 @@ def _array(values: Any, name: str) -> np.ndarray:
 def update_matrix(update: str, M: torch.Tensor, statistic: torch.Tensor,
                   power: float = 1.0) -> torch.Tensor:
     """M_{t+1} before normalization from the statistic (AGOP for nfa, FACT_t otherwise):
-    AGOP^s (nfa), (F Fᵀ)^{1/2} (fact), (F M² Fᵀ)^{1/4} (fact-geo)."""
+    AGOP^s (nfa), (F Fᵀ)^{1/2} (fact), (F M² Fᵀ)^{1/4} (fact-geo).
+
+    fact-geo takes the square root of (FM (FM)ᵀ)^{1/2}, which `sqrt_outer` gets from the SVD of
+    FM: eigh of F M² Fᵀ itself would turn round-off ε in its null space into ε^{1/4} (~5 % of
+    the largest entry in float32) where M should be zero.
+    """
     if update == "nfa":
         return psd_power(statistic, power)
     if update == "fact":
         return sqrt_outer(statistic)
-    product = statistic @ M
-    return psd_power(product @ product.mT, 0.25)
+    return psd_power(sqrt_outer(statistic, M), 0.5)
 
 
 def circulant_share(M: torch.Tensor, blocks: int) -> tuple[float, list[float]]:
@@ -127,6 +132,8 @@ class RFM:
             raise FactError(f"val_frac must lie in [0, 1) (got {self.val_frac})")
         if not self.power > 0:
             raise FactError(f"power must be positive (got {self.power})")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise FactError(f"batch size must be positive (got {self.batch_size})")
 
     def _features(self, X: Any, name: str = "X") -> torch.Tensor:
         array = _array(X, name)
@@ -270,7 +277,13 @@ class RFM:
     def _next(self, kernel: kernels.Kernel, x: torch.Tensor, alpha: torch.Tensor,
               M: torch.Tensor) -> tuple[torch.Tensor, float | None, str | None]:
         """(M_{t+1}, the largest entry divided out, or why iterating cannot go on)."""
-        updated = update_matrix(self.update, M, self._statistic(kernel, x, alpha, M), self.power)
+        statistic = self._statistic(kernel, x, alpha, M)
+        if not torch.isfinite(statistic).all():  # eigh/svd would raise on it
+            return M, math.nan, f"the {self.update} statistic has non-finite entries"
+        try:
+            updated = update_matrix(self.update, M, statistic, self.power)
+        except torch.linalg.LinAlgError:
+            return M, math.nan, f"the {self.update} update did not converge"
         largest = float(updated.abs().max())
         if not np.isfinite(largest) or largest == 0:
             what = "zero" if largest == 0 else "non-finite"

@@ -263,3 +263,8 @@ def test_snapshots_of_a_training_run_show_fact_rising_as_loss_falls(tmp_path, mo
         spark = line.split()[-1]
         assert len(spark) == 4 and spark[0] == "▁" and spark[-1] == "█", line
         assert list(spark) == sorted(spark, key="▁▂▃▄▅▆▇█".index), line
+
+
+def test_binary_stdin_is_an_input_error(here):
+    result = run("compare", "-", stdin=b"\xff\xfe\x00binary\n")
+    assert result.exit_code == 2 and "stdin (-) is not text" in result.stderr, result.output

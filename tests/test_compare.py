@@ -151,3 +151,20 @@ def test_features_compare_shared_layers_against_the_first_input():
         cmp.compare_features([first, lines])
     with pytest.raises(FactError, match="two or more inputs"):
         cmp.compare_features([first])
+
+
+def test_a_source_without_selected_layers_is_skipped_not_an_error():
+    deep, shallow = source("deep", 0.9, 0.5, layers=("0", "2")), source("shallow", 0.8, 0.5)
+    chosen = cmp.select_layers([deep, shallow], ["2"])
+    assert [row["input"] for row in cmp.compare(chosen).rows] == ["deep"]
+    with pytest.raises(FactError, match="no layers to compare"):
+        cmp.compare([cmp.Source("empty", [], {})])
+
+
+def test_non_finite_feature_matrix_and_deep_nesting_are_input_errors():
+    bad = torch.eye(2, dtype=torch.float64)
+    bad[0, 1] = math.nan
+    with pytest.raises(FactError, match="NaN or infinite"):
+        cmp.feature_agreement(torch.eye(2, dtype=torch.float64), bad)
+    with pytest.raises(FactError, match="nested too deeply"):
+        parse_requirement("(" * 1000 + "1" + ")" * 1000 + " > 0", NAMES)

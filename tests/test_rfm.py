@@ -144,3 +144,35 @@ def test_modular_addition_fact_groks_with_block_circulant_features():
     overall, blocks = circulant_share(model.M, blocks=2)
     assert overall >= 0.9 and min(blocks) >= 0.9
     assert circulant_share(model.matrices_[1], blocks=2)[1][1] < 0.5  # not circulant at the start
+
+
+def test_fact_geo_update_keeps_the_null_space_of_a_low_rank_fact_at_zero():
+    """(F M² Fᵀ)^{1/4} through the SVD of FM: no ε^{1/4} round-off where M must vanish."""
+    generator = torch.Generator().manual_seed(5)
+    d = 30
+    F = torch.randn(d, 2, generator=generator, dtype=torch.float64) @ torch.randn(
+        2, d, generator=generator, dtype=torch.float64)
+    B = torch.randn(d, d, generator=generator, dtype=torch.float64)
+    M = B @ B.T / d
+    U, S, _ = torch.linalg.svd(F @ M)
+    exact = (U * S.sqrt()) @ U.T  # (U S² Uᵀ)^{1/4}
+    for dtype, tolerance in ((torch.float64, 1e-7), (torch.float32, 1e-2)):
+        geo = update_matrix("fact-geo", M.to(dtype), F.to(dtype)).double()
+        assert (geo - exact).abs().max() <= tolerance * exact.abs().max(), dtype
+
+
+def test_non_finite_statistic_stops_early_with_a_warning(monkeypatch):
+    data = load_dataset("parity:d=6,k=2,n=60,seed=0")
+    monkeypatch.setattr(RFM, "_statistic", lambda self, kernel, x, alpha, M: M * float("inf"))
+    model = RFM(kernel="gaussian", update="fact", iters=3, val_frac=0).fit(data.x_train,
+                                                                          data.y_train)
+    assert len(model.history_) == 1 and model.best_iteration_ == 0
+    assert "non-finite" in model.warnings_[0] and "stopped early" in model.warnings_[0]
+
+
+def test_batch_size_must_be_positive():
+    from factcli.errors import FactError
+
+    data = load_dataset("parity:d=6,k=2,n=60,seed=0")
+    with pytest.raises(FactError, match="batch size must be positive"):
+        RFM(batch_size=-1).fit(data.x_train, data.y_train)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import sys
@@ -82,13 +83,14 @@ def write_jsonl(rows: Iterable[dict[str, Any]]) -> None:
 
 
 def write_delimited(rows: list[dict[str, Any]], separator: str) -> None:
+    """A header and one line per row (CSV quoting where a cell needs it); missing → empty."""
     if not rows:
         return
-    columns = list(rows[0])
-    sys.stdout.write(separator.join(columns) + "\n")
+    writer = csv.writer(sys.stdout, delimiter=separator, lineterminator="\n")
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    writer.writerow(columns)
     for row in rows:
-        cells = ["" if _null_nan(row.get(c)) is None else str(row.get(c)) for c in columns]
-        sys.stdout.write(separator.join(cells) + "\n")
+        writer.writerow(["" if _null_nan(row.get(c)) is None else row[c] for c in columns])
     sys.stdout.flush()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import CheckFailed, FactError
-from ._app import command, err, out, write_jsonl
+from ._app import command, err, out, write_delimited, write_jsonl
 from .analyze import (
     Alpha,
     Arch,
@@ -174,7 +173,12 @@ def load_inputs(inputs: list[str], analyzed: Callable[[str], Source]) -> list[So
 
 def read_stdin() -> tuple[str, list[Any]]:
     """("rows", JSON objects) when stdin holds JSON lines, else ("paths", one per line)."""
-    lines = [line.strip() for line in sys.stdin.read().splitlines() if line.strip()]
+    try:
+        text = sys.stdin.read()
+    except UnicodeDecodeError:
+        raise FactError("stdin (-) is not text: pipe JSON lines or paths into fact compare") \
+            from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise FactError("stdin (-) is empty: pipe JSON lines or paths into fact compare")
     if not lines[0].startswith("{"):
@@ -189,8 +193,11 @@ def read_stdin() -> tuple[str, list[Any]]:
 
 
 def is_report(path: str) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+    except OSError as error:  # e.g. no read permission
+        raise FactError(f"cannot read {path}: {error.strerror or error}") from None
 
 
 def sparkline(values: list[float]) -> str:
@@ -281,15 +288,7 @@ def emit_features(rows: list[dict[str, Any]], format: str) -> None:
 
 
 def write_rows(rows: list[dict[str, Any]], format: str) -> None:
-    """JSON lines (NaN → null), or a header plus rows (missing → empty cell)."""
     if format == "jsonl":
         write_jsonl(rows)
-        return
-    writer = csv.writer(sys.stdout, delimiter="\t" if format == "tsv" else ",",
-                        lineterminator="\n")
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow(["" if row.get(c) is None or row.get(c) != row.get(c) else row[c]
-                         for c in columns])
-    sys.stdout.flush()
+    else:
+        write_delimited(rows, "\t" if format == "tsv" else ",")

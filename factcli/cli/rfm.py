@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -177,7 +176,7 @@ def _protocol_table(rows: list[dict[str, Any]], title: str):
 
 def _write_report(path: Path, model, settings: dict[str, Any]) -> None:
     """factcli.report/1 with kind=rfm: /layers/iteration_<t>/nfm = M_t, /history the metrics."""
-    from datetime import datetime
+    from datetime import UTC, datetime
 
     import h5py
     import numpy as np
