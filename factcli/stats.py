@@ -59,22 +59,41 @@ def captured(layers: dict[str, nn.Linear]) -> Iterator[dict[str, list]]:
             handle.remove()
 
 
-def output_gradients(output: torch.Tensor, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """∂f_k/∂z for all c outputs at once: one backward batched over the outputs (vmap)."""
+JACOBIAN_BUDGET = 512 * 2**20  # bytes of output Jacobians held at once (per chunk of outputs)
+
+
+def output_gradients(output: torch.Tensor, inputs: list[torch.Tensor], chunk: int
+                     ) -> Iterator[tuple[slice, tuple[torch.Tensor, ...]]]:
+    """∂f_k/∂z for the c outputs, `chunk` outputs per backward batched over them (vmap).
+
+    Chunking bounds memory at chunk × batch × Σm values however many outputs the model has.
+    """
     c = output.shape[1]
-    basis = torch.eye(c, dtype=output.dtype, device=output.device)
-    basis = basis.unsqueeze(1).expand(c, *output.shape)
+    eye = torch.eye(c, dtype=output.dtype, device=output.device)
+    for start in range(0, c, chunk):
+        rows = slice(start, min(start + chunk, c))
+        basis = eye[rows].unsqueeze(1).expand(-1, *output.shape)
+        yield rows, _batched_grad(output, inputs, basis)
+
+
+def _batched_grad(output: torch.Tensor, inputs: list[torch.Tensor],
+                  basis: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    options = dict(retain_graph=True, allow_unused=True, materialize_grads=True)
     try:
         return torch.autograd.grad(output, inputs, grad_outputs=basis, is_grads_batched=True,
-                                   allow_unused=True, materialize_grads=True)
+                                   **options)
     except RuntimeError as error:
         if "vmap" not in str(error).lower() and "batched" not in str(error).lower():
             raise
-    # An operation without a batching rule: one backward per output instead (c passes).
-    per_output = [torch.autograd.grad(output, inputs, grad_outputs=basis[k], retain_graph=True,
-                                      allow_unused=True, materialize_grads=True)
-                  for k in range(c)]
+    # An operation without a batching rule: one backward per output instead.
+    per_output = [torch.autograd.grad(output, inputs, grad_outputs=row, **options)
+                  for row in basis]
     return tuple(torch.stack(grads) for grads in zip(*per_output))
+
+
+def _add_product(total: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
+    """total += leftᵀ right over the rows: the product in the model's dtype, the sum in float64."""
+    total += (left.mT @ right).double()
 
 
 def accumulate(model: nn.Module, layers: dict[str, nn.Linear], sums: dict[str, LayerSums],
@@ -83,39 +102,39 @@ def accumulate(model: nn.Module, layers: dict[str, nn.Linear], sums: dict[str, L
     """Add one batch to `sums`; returns (per-sample loss ℓ_i, model output) for bookkeeping.
 
     `weight` holds the per-sample weights w_i, or None for plain sums (the caller then divides
-    by n). Each batch's products are formed in the model's dtype and added to float64 sums.
-    With `outputs=False` no AGOP is needed: one backward of the summed loss gives g and `GG`
-    stays zero, c times less work than the batched backward of the c outputs.
+    by n). With `outputs=False` no AGOP is needed: one backward of the summed loss gives g and
+    `GG` stays zero, c times less work than the backward of the c outputs.
     """
     with captured(layers) as calls, torch.enable_grad():
         output = model(x).reshape(len(x), -1)
         flat = [(name, h, z) for name in layers for h, z in calls[name]]
         zs = [z for _, _, z in flat]
         if outputs:
-            gradients = output_gradients(output, zs)
             leaf = output.detach().requires_grad_()
             losses = per_sample_loss(loss, leaf, target)
             (dloss,) = torch.autograd.grad(losses.sum(), leaf)  # row i: ∂ℓ_i/∂f(x_i)
+            g_parts = [torch.zeros_like(z) for z in zs]
+            per_output = sum(z.numel() for z in zs) * output.element_size()
+            chunk = max(1, min(output.shape[1], JACOBIAN_BUDGET // max(per_output, 1)))
+            for rows, gradients in output_gradients(output, zs, chunk):
+                for index, ((name, _, _), G) in enumerate(zip(flat, gradients)):
+                    spread = [1] * (G.ndim - 2)  # position axes, if any
+                    g_parts[index] += (G * dloss.mT[rows].reshape(*G.shape[:2], *spread)).sum(0)
+                    Gw = G if weight is None else G * _weights(weight, G.ndim - 1, G.dtype)
+                    _add_product(sums[name].GG, Gw.reshape(-1, G.shape[-1]),
+                                 G.reshape(-1, G.shape[-1]))
         else:
             losses = per_sample_loss(loss, output, target)
-            loss_gradients = torch.autograd.grad(losses.sum(), zs, allow_unused=True,
-                                                 materialize_grads=True)
-    for index, (name, h, _) in enumerate(flat):
-        if outputs:
-            G = gradients[index]
-            spread = [1] * (G.ndim - 2)                   # position axes, if any
-            g = (G * dloss.mT.reshape(*dloss.mT.shape, *spread)).sum(dim=0)
-        else:
-            g = loss_gradients[index]
+            g_parts = list(torch.autograd.grad(losses.sum(), zs, allow_unused=True,
+                                               materialize_grads=True))
+    for (name, h, _), g in zip(flat, g_parts):
         m, k = g.shape[-1], h.shape[-1]
-        w = None if weight is None else weight.to(g.dtype).reshape(-1, *[1] * (g.ndim - 1))
-        g_rows, h_rows = g.reshape(-1, m), h.detach().reshape(-1, k)
-        gw_rows = g_rows if w is None else (g * w).reshape(-1, m)
-        s = sums[name]
-        s.grad += (gw_rows.mT @ h_rows).double()
-        s.gg += (gw_rows.mT @ g_rows).double()
-        if outputs:
-            G_rows = G.reshape(-1, m)
-            Gw_rows = G_rows if w is None else (G * w.unsqueeze(0)).reshape(-1, m)
-            s.GG += (Gw_rows.mT @ G_rows).double()
+        gw = g if weight is None else g * _weights(weight, g.ndim, g.dtype)
+        _add_product(sums[name].grad, gw.reshape(-1, m), h.detach().reshape(-1, k))
+        _add_product(sums[name].gg, gw.reshape(-1, m), g.reshape(-1, m))
     return losses.detach(), output.detach()
+
+
+def _weights(weight: torch.Tensor, ndim: int, dtype: torch.dtype) -> torch.Tensor:
+    """w_i shaped to broadcast over a (…, batch, positions…, m) tensor of `ndim` trailing axes."""
+    return weight.to(dtype).reshape(-1, *[1] * (ndim - 1))
