@@ -237,3 +237,21 @@ def test_outputs_in_chunks_give_the_same_sums(monkeypatch):
     for a, b in zip(whole.layers, chunked.layers):
         for name in a.matrices:
             assert relative(b.matrices[name], a.matrices[name]) < 1e-12, (a.name, name)
+
+
+def test_an_operation_without_a_batching_rule_falls_back_to_one_backward_per_output(
+        monkeypatch):
+    model, data = make_case("residual", False, "cross_entropy", weighted=False)
+    batched = analyze(model, data, loss="cross_entropy", weight_decay=1e-3)
+    original = torch.autograd.grad
+
+    def no_vmap(*args, is_grads_batched=False, **kwargs):
+        if is_grads_batched:
+            raise RuntimeError("Batching rule not implemented for aten::something (vmap)")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_vmap)
+    looped = analyze(model, data, loss="cross_entropy", weight_decay=1e-3)
+    for a, b in zip(batched.layers, looped.layers):
+        for name in a.matrices:
+            assert relative(b.matrices[name], a.matrices[name]) < 1e-12, (a.name, name)
