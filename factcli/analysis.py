@@ -157,6 +157,10 @@ def analyze(
             module.inplace = False
     chosen = linear_layers(network, layers)
     x, labels, weights = _subsample(data, max_samples, seed)
+    if len(x) < data.n_train:
+        warnings.append(f"analyzing {len(x)} of {data.n_train} training samples: FACT and the "
+                        "stationarity use the gradient of this subsample, which balances λW only "
+                        "on the full data, so expect lower FACT agreement than the full set gives")
     sums, data_loss, accuracy = _stream(network, chosen, data, x, labels, weights, loss,
                                         rel.needs_agop(names), batch_size, progress)
     results = [_layer_result(name, layer.weight.detach().double(), sums[name], weight_decay,

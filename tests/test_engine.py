@@ -200,6 +200,7 @@ def test_max_samples_is_a_seeded_recorded_subsample():
     again = analyze(model, data, loss="mse", weight_decay=1e-3, max_samples=10, seed=7)
     other = analyze(model, data, loss="mse", weight_decay=1e-3, max_samples=10, seed=8)
     assert first.info["n_samples"] == 10 and first.info["sample_seed"] == 7
+    assert any("10 of 30" in message for message in first.warnings)
     assert torch.equal(first.layers[0].matrices["agop"], again.layers[0].matrices["agop"])
     assert not torch.equal(first.layers[0].matrices["agop"], other.layers[0].matrices["agop"])
 
