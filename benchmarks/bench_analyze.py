@@ -24,10 +24,10 @@ import time
 import torch
 from torch import nn
 
-from factcli.analysis import analyze
-from factcli.checkpoint import Checkpoint, save_checkpoint
-from factcli.datasets import Dataset, load_dataset
-from factcli.models import mlp
+from factcli.data.datasets import Dataset, load_dataset
+from factcli.engine.analysis import analyze
+from factcli.io.checkpoint import Checkpoint, save_checkpoint
+from factcli.models.archs import mlp
 
 
 def mnist(n: int) -> Dataset:

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from factcli.datasets import load_dataset
-from factcli.rfm import RFM, validation_split
+from factcli.data.datasets import load_dataset
+from factcli.rfm.estimator import RFM, validation_split
 
 SKLEARN = ("iris", "wine", "breast_cancer", "digits")
 KEEL = ("australian", "breast", "bupa", "contraceptive", "crx", "german", "hayes-roth", "heart",

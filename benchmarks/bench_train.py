@@ -1,4 +1,4 @@
-"""Epoch time of `factcli.training.train` against two hand-written PyTorch loops (issue 3).
+"""Epoch time of `factcli.train` against two hand-written PyTorch loops (issue 3).
 
 Same model (5-layer ReLU MLP), same data (the shipped MNIST subset, 8,000 images), same
 optimizer (SGD, momentum 0.9, coupled weight decay 1e-4, batch 128, float32), same process:
@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from factcli.datasets import load_dataset
-from factcli.models import build_model
-from factcli.training import train
+from factcli.data.datasets import load_dataset
+from factcli.models.archs import build_model
+from factcli.training.loop import train
 
 
 def model_for(width: int, depth: int, seed: int) -> torch.nn.Module:

@@ -8,8 +8,8 @@ import sys
 
 import torch
 
-from factcli.checkpoint import Checkpoint, save_checkpoint
-from factcli.models import build_model
+from factcli.io.checkpoint import Checkpoint, save_checkpoint
+from factcli.models.archs import build_model
 
 TINY_MLP = {"arch": "mlp", "in_features": 4, "out_features": 2, "width": 6, "depth": 3,
             "activation": "tanh", "bias": True}

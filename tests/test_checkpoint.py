@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from factcli.checkpoint import Checkpoint, load_checkpoint, parse_model_option, save_checkpoint
 from factcli.errors import FactError
-from factcli.models import build_model
+from factcli.io.checkpoint import Checkpoint, load_checkpoint, parse_model_option, save_checkpoint
+from factcli.models.archs import build_model
 from tests.helpers import TINY_MLP, TINY_TRAINING
 
 

@@ -12,7 +12,7 @@ import h5py
 import pytest
 import torch
 
-from factcli.report import read_report
+from factcli.io.report import read_report
 from tests.helpers import TINY_MLP, fact, fact_inprocess, tiny_checkpoint
 
 
@@ -63,8 +63,8 @@ def test_report_round_trip_keeps_everything(tmp_path):
 
 
 def test_interrupted_report_keeps_the_previous_file(tmp_path, monkeypatch):
-    from factcli import report as report_module
-    from factcli.analysis import analyze
+    from factcli.engine.analysis import analyze
+    from factcli.io import report as report_module
 
     ckpt = tiny_checkpoint(tmp_path / "a.pt")
     target = tmp_path / "r.h5"
@@ -91,7 +91,7 @@ def test_stdin_checkpoint(tmp_path):
 
 def test_plain_state_dict_with_command_line_pieces(tmp_path):
     torch.manual_seed(0)
-    from factcli.models import build_model
+    from factcli.models.archs import build_model
 
     path = tmp_path / "plain.pt"
     torch.save(build_model(TINY_MLP).double().state_dict(), path)

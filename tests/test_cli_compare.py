@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from factcli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from factcli.datasets import load_dataset
+from factcli.data.datasets import load_dataset
+from factcli.io.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from tests.helpers import tiny_checkpoint
 
 BIN = Path(sys.executable).parent  # where the `fact` console script is installed

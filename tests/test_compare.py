@@ -8,9 +8,9 @@ import re
 import pytest
 import torch
 
-from factcli import comparison as cmp
+from factcli.compare import comparison as cmp
+from factcli.compare.requirements import parse_requirement, violations
 from factcli.errors import FactError
-from factcli.requirements import parse_requirement, violations
 
 NAMES = cmp.relation_names()
 

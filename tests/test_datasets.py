@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from factcli.datasets import load_dataset
+from factcli.data.datasets import load_dataset
 from factcli.errors import FactError
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from factcli.analysis import analyze
-from factcli.datasets import Dataset
-from factcli.relations import RELATIONS
+from factcli.data.datasets import Dataset
+from factcli.engine.analysis import analyze
+from factcli.engine.relations import RELATIONS
 from tests.oracle import naive_relations
 
 
@@ -176,15 +176,15 @@ def test_unknown_weight_decay_keeps_correlations_and_drops_the_scale():
 
 
 def test_best_alpha_recovers_a_planted_power():
-    from factcli.relations import best_alpha
+    from factcli.engine.relations import best_alpha
     torch.manual_seed(0)
     q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
     spectrum = torch.tensor([5.0, 3, 2, 1, 0.5, 0.1], dtype=torch.float64)
     nfm = q @ torch.diag(spectrum ** 0.33) @ q.T
     assert best_alpha(nfm, spectrum, q) == pytest.approx(0.33)
     # against brute force on a matrix that is not a power of the AGOP
-    from factcli.linalg import psd_power
-    from factcli.metrics import pearson
+    from factcli.engine.linalg import psd_power
+    from factcli.engine.metrics import pearson
     other = torch.randn(6, 6, dtype=torch.float64)
     other = other @ other.T + nfm
     agop = q @ torch.diag(spectrum) @ q.T
@@ -229,7 +229,7 @@ def test_the_callers_module_is_left_as_it_was():
 
 def test_outputs_in_chunks_give_the_same_sums(monkeypatch):
     """A small Jacobian budget forces one output per backward: memory bounded, sums unchanged."""
-    from factcli import stats
+    from factcli.engine import sums as stats
 
     model, data = make_case("tokens", True, "mse", weighted=True)
     whole = analyze(model, data, loss="mse", weight_decay=1e-3, batch_size=5)

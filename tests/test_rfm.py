@@ -4,10 +4,10 @@ feature-learning phenomena of relations.md §6 (sparse parity, modular addition)
 import pytest
 import torch
 
-from factcli import kernels
-from factcli.datasets import load_dataset
-from factcli.linalg import psd_power
-from factcli.rfm import RFM, circulant_share, update_matrix
+from factcli.data.datasets import load_dataset
+from factcli.engine.linalg import psd_power
+from factcli.rfm import kernels
+from factcli.rfm.estimator import RFM, circulant_share, update_matrix
 
 KERNELS = ("laplace", "gaussian", "exp", "quadratic")
 

@@ -13,11 +13,11 @@ import sys
 import pytest
 import torch
 
-from factcli.analysis import analyze
-from factcli.checkpoint import load_checkpoint
+from factcli.engine.analysis import analyze
 from factcli.errors import FactError
-from factcli.training import TrainConfig, snapshot_path
-from factcli.training import train as _train
+from factcli.io.checkpoint import load_checkpoint
+from factcli.training.loop import TrainConfig, snapshot_path
+from factcli.training.loop import train as _train
 from tests.helpers import fact_inprocess
 
 torch.set_num_threads(1)
@@ -82,7 +82,7 @@ def test_weighted_minibatch_objective_matches_the_full_sum():
     """separation (weighted support): L = Σ w_i ℓ_i; the recorded train_loss is that sum."""
     result = train(arch="quadratic", dataset="separation:tau=0.3", optimizer="adam", lr=1e-2,
                    weight_decay=1e-3, epochs=3, batch_size=32)
-    from factcli.datasets import load_dataset
+    from factcli.data.datasets import load_dataset
 
     data = load_dataset("separation:tau=0.3")
     model = result.checkpoint.build().double()
@@ -230,7 +230,7 @@ def test_lbfgs_polish_of_a_larger_model_lowers_stationarity(tmp_path):
 
 
 def test_a_polish_that_does_not_help_is_not_kept(monkeypatch):
-    import factcli.polish as polishing
+    import factcli.training.polish as polishing
 
     def harmful(model, *args, **kwargs):
         with torch.no_grad():
@@ -297,7 +297,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
 
 
 def test_unwritable_out_is_checked_before_the_data_is_loaded(tmp_path, monkeypatch):
-    import factcli.training as training
+    import factcli.training.loop as training
 
     def boom(*args, **kwargs):
         raise AssertionError("the dataset was loaded before --out was checked")
@@ -331,7 +331,7 @@ def test_diverging_run_stops_with_a_clear_error_and_keeps_the_last_good_checkpoi
 
 def test_diverging_run_keeps_the_last_saved_epoch(tmp_path, monkeypatch):
     """A run that saved epochs before it diverged names that epoch and leaves it loadable."""
-    import factcli.training as training
+    import factcli.training.loop as training
 
     out, models = tmp_path / "m.pt", []
     original = training._optimizer
@@ -426,7 +426,7 @@ def test_damaged_resume_state_is_a_fact_error(tmp_path):
 
 
 def test_bad_options_are_rejected_before_the_data_is_loaded(monkeypatch):
-    import factcli.training as training
+    import factcli.training.loop as training
 
     def boom(*args, **kwargs):
         raise AssertionError("the dataset was loaded before the options were checked")

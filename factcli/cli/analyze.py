@@ -58,8 +58,8 @@ def run_analysis(checkpoint: str, data, data_dir, arch, model, loss, weight_deca
     """Shared by `analyze` and `compare`: load, analyze with a progress bar, print warnings."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..analysis import analyze
-    from ..checkpoint import parse_model_option
+    from ..engine.analysis import analyze
+    from ..io.checkpoint import parse_model_option
 
     overrides = parse_model_option(model) if model else {}
     if arch:
@@ -108,8 +108,8 @@ def analyze_command(
     matrices: Annotated[bool, typer.Option(help="Store the matrices in --report.")] = True,
 ) -> None:
     """FACT, bFACT, NFA, eNFA and variants for every layer, with their agreement with WᵀW/WWᵀ."""
-    from ..files import check_writable
-    from ..report import write_report
+    from ..io.files import check_writable
+    from ..io.report import write_report
     from .render import FORMATS
 
     if format not in FORMATS:

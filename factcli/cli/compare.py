@@ -37,7 +37,7 @@ from .analyze import (
 from .render import agreement_style, number, stationarity_style
 
 if TYPE_CHECKING:
-    from ..comparison import Comparison, Source
+    from ..compare.comparison import Comparison, Source
 
 FORMATS = ("table", "jsonl", "tsv", "csv")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -88,8 +88,8 @@ def compare_command(
 
     Several: one row per (input, layer), in epoch order, with a sparkline per relation.
     """
-    from .. import comparison as cmp
-    from ..requirements import parse_requirement, violations
+    from ..compare import comparison as cmp
+    from ..compare.requirements import parse_requirement, violations
 
     if format not in FORMATS:
         raise FactError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
@@ -111,7 +111,7 @@ def compare_command(
 
     def analyzed(path: str) -> Source:
         if features:
-            from ..checkpoint import load_checkpoint, parse_model_option
+            from ..io.checkpoint import load_checkpoint, parse_model_option
 
             overrides = parse_model_option(model) if model else {}
             if arch:
@@ -146,8 +146,8 @@ def compare_command(
 
 def load_inputs(inputs: list[str], analyzed: Callable[[str], Source]) -> list[Source]:
     """Reports are read, checkpoints handed to `analyzed`; `-` reads JSON lines or paths."""
-    from .. import comparison as cmp
-    from ..report import read_report
+    from ..compare import comparison as cmp
+    from ..io.report import read_report
 
     if inputs.count("-") > 1:
         raise FactError("stdin (-) can be given only once")

@@ -13,12 +13,12 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from ..conventions import BACKWARD, FORWARD, METRIC_NAMES
+from ..engine.conventions import BACKWARD, FORWARD, METRIC_NAMES
 from ..errors import FactError
 from ._app import out, write_delimited, write_jsonl
 
 if TYPE_CHECKING:
-    from ..analysis import Analysis
+    from ..engine.results import Analysis
 
 FORMATS = ("table", "jsonl", "json", "tsv")
 

@@ -57,11 +57,11 @@ def rfm_command(
     """Recursive Feature Machine: kernel regression alternating with an NFA or FACT update of M."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..datasets import load_dataset
-    from ..device import resolve_device
+    from ..data.datasets import load_dataset
+    from ..engine.device import resolve_device
     from ..errors import FactError
-    from ..files import check_writable
-    from ..rfm import RFM, tabular_protocol
+    from ..io.files import check_writable
+    from ..rfm.estimator import RFM, tabular_protocol
 
     if format not in FORMATS:
         raise FactError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
@@ -183,7 +183,7 @@ def _write_report(path: Path, model, settings: dict[str, Any]) -> None:
     import torch
 
     from .. import __version__
-    from ..files import atomic_path
+    from ..io.files import atomic_path
 
     with atomic_path(path) as temporary, h5py.File(temporary, "w", track_order=True) as handle:
         handle.attrs.update(format="factcli.report/1", kind="rfm", factcli_version=__version__,

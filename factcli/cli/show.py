@@ -16,7 +16,7 @@ from ._app import command, err, out, write_delimited, write_jsonl
 from .render import FORMATS, number
 
 if TYPE_CHECKING:
-    from ..analysis import Analysis
+    from ..engine.results import Analysis
 
 
 @command("show")
@@ -35,7 +35,7 @@ def show_command(
 ) -> None:
     """Print a stored report without recomputing: the rows `fact analyze` printed, an RFM
     report's history, or one matrix (--matrix LAYER RELATION [--out m.npy])."""
-    from ..report import read_report
+    from ..io.report import read_report
     from .render import emit
 
     if format not in FORMATS:
@@ -66,7 +66,7 @@ def show_matrix(analysis: Analysis, layer_name: str, name: str, format: str,
         raise FactError(f"layer {layer_name!r} stores no {name!r} matrix; stored: {held}")
     values = layer.matrices[name].numpy()
     if path is not None:
-        from ..files import atomic_path
+        from ..io.files import atomic_path
 
         if path.suffix != ".npy":
             raise FactError(f"--out must end in .npy (got {path})")

@@ -174,9 +174,9 @@ def train(
     if output_format not in ("text", "jsonl"):
         raise FactError(f"unknown --format {output_format!r}; choose text or jsonl")
 
-    from ..files import check_writable
-    from ..training import TrainConfig
-    from ..training import train as run_training
+    from ..io.files import check_writable
+    from ..training.loop import TrainConfig
+    from ..training.loop import train as run_training
 
     check_writable(out_file)  # before torch work and data loading
     config = TrainConfig(arch=arch, dataset=dataset, width=width, depth=depth,

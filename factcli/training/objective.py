@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .datasets import Dataset
-from .losses import per_sample_loss
+from ..data.datasets import Dataset
+from ..engine.losses import per_sample_loss
 
 EVAL_CHUNK = 8192
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .errors import FactError
+from ..errors import FactError
 
 KERNELS = ("laplace", "gaussian", "exp", "quadratic")
 

@@ -13,10 +13,10 @@ import math
 
 import torch
 
+from ..errors import FactError
 from .conventions import AGOP_FAMILY, BACKWARD, FACT_FAMILY, FORWARD, RELATIONS
-from .errors import FactError
 from .linalg import psd_power, sqrt_outer
-from .stats import LayerSums
+from .sums import LayerSums
 
 __all__ = ["BACKWARD", "FACT_FAMILY", "FORWARD", "RELATIONS", "compute", "best_alpha"]
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from .analysis import Analysis
-from .conventions import BACKWARD, FORWARD, METRIC_NAMES, RELATIONS
-from .errors import FactError
-from .metrics import cosine, pearson
+from ..engine.conventions import BACKWARD, FORWARD, METRIC_NAMES, RELATIONS
+from ..engine.metrics import cosine, pearson
+from ..engine.results import Analysis
+from ..errors import FactError
 
 ROW_FIELDS = ("stationarity", "epoch", "train_loss")
 FEATURE_FIELDS = ("pearson", "cosine", "overlap", "max_angle", "rank")
@@ -311,7 +311,7 @@ def stored_matrix(source: Source, layer: str, name: str) -> torch.Tensor:
 
 def weight_features(model: torch.nn.Module, label: str) -> Source:
     """NFM = WᵀW and bNFM = WWᵀ of every Linear layer, straight from the weights (no data)."""
-    from .analysis import linear_layers
+    from ..engine.analysis import linear_layers
 
     matrices = {}
     for name, layer in linear_layers(model).items():

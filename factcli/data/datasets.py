@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import FactError
+from ..errors import FactError
 
 
 @dataclass

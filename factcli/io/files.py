@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import FactError
+from ..errors import FactError
 
 
 def check_writable(path: str | os.PathLike) -> Path:

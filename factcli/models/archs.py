@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import FactError
+from ..errors import FactError
 
 ACTIVATIONS = ("relu", "gelu", "tanh", "quadratic", "identity")
 ARCHS = ("mlp", "linear", "quadratic")

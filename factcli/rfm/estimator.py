@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..engine.device import resolve_device, resolve_dtype
+from ..engine.linalg import psd_power, sqrt_outer
+from ..errors import FactError
 from . import kernels
-from .device import resolve_device, resolve_dtype
-from .errors import FactError
-from .linalg import psd_power, sqrt_outer
 
 UPDATES = ("nfa", "fact", "fact-geo")
 NORMALIZATIONS = ("max", "none")

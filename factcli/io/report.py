@@ -12,9 +12,9 @@ import h5py
 import numpy as np
 import torch
 
-from . import __version__
-from .analysis import Analysis, LayerResult
-from .errors import FactError
+from .. import __version__
+from ..engine.results import Analysis, LayerResult
+from ..errors import FactError
 from .files import atomic_path
 
 FORMAT = "factcli.report/1"

@@ -7,59 +7,21 @@ import fnmatch
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..data.datasets import Dataset, load_dataset
+from ..errors import FactError
+from ..io.checkpoint import Checkpoint, load_checkpoint
+from ..models.archs import check_finite
 from . import relations as rel
-from .checkpoint import Checkpoint, load_checkpoint
-from .datasets import Dataset, load_dataset
 from .device import resolve_device, resolve_dtype
-from .errors import FactError
 from .losses import check_loss
 from .metrics import METRICS
-from .models import check_finite
-from .stats import LayerSums, accumulate
-
-
-@dataclass
-class LayerResult:
-    """One weight matrix: its feature matrices, relations and their agreement."""
-
-    name: str
-    in_features: int
-    out_features: int
-    stationarity: float
-    matrices: dict[str, torch.Tensor]
-    metrics: dict[str, dict[str, float]]
-    best_alpha: float = math.nan
-    kind: str = "linear"
-
-
-@dataclass
-class Analysis:
-    """The result of `analyze`: per-layer results plus the provenance a report records."""
-
-    layers: list[LayerResult]
-    info: dict[str, Any]
-    warnings: list[str] = field(default_factory=list)
-
-    def layer(self, name: str) -> LayerResult:
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise KeyError(name)
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One dict per (layer, relation), the fields of interfaces.md §4 (NaN = missing)."""
-        return [
-            {"checkpoint": self.info.get("checkpoint"), "layer": layer.name, "relation": name,
-             **values, "stationarity": layer.stationarity,
-             "in_features": layer.in_features, "out_features": layer.out_features}
-            for layer in self.layers for name, values in layer.metrics.items()
-        ]
+from .results import Analysis, LayerResult
+from .sums import LayerSums, accumulate
 
 
 def linear_layers(model: nn.Module, patterns: list[str] | None = None) -> dict[str, nn.Linear]:

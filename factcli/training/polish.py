@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .losses import per_sample_loss
+from ..engine.losses import per_sample_loss
 from .objective import FullData, linear_stationarity, objective_terms, regularized_objective
 
 POLISH_METHOD = "lbfgs-strong-wolfe"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import FactError
+from ..errors import FactError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

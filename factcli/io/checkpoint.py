@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import FactError
+from ..errors import FactError
+from ..models.archs import build_model, load_weights
 from .files import atomic_path, sha256
-from .models import build_model, load_weights
 
 FORMAT = "factcli.checkpoint/1"
 

@@ -21,8 +21,8 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .conventions import METRIC_NAMES, RELATIONS
-from .errors import FactError
+from ..engine.conventions import METRIC_NAMES, RELATIONS
+from ..errors import FactError
 
 _TOKEN = re.compile(r"\s*(?:(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
                     r"|(?P<name>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)?)"

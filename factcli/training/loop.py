@@ -42,14 +42,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
-from .checkpoint import FORMAT, Checkpoint, load_checkpoint, read_pt, save_checkpoint
-from .datasets import Dataset, load_dataset
-from .device import resolve_device, resolve_dtype
-from .errors import FactError
-from .files import atomic_path, check_writable
-from .losses import check_loss, per_sample_loss
-from .models import ACTIVATIONS, build_model
+from .. import __version__
+from ..data.datasets import Dataset, load_dataset
+from ..engine.device import resolve_device, resolve_dtype
+from ..engine.losses import check_loss, per_sample_loss
+from ..errors import FactError
+from ..io.checkpoint import FORMAT, Checkpoint, load_checkpoint, read_pt, save_checkpoint
+from ..io.files import atomic_path, check_writable
+from ..models.archs import ACTIVATIONS, build_model
 from .objective import FullData, accuracy, evaluate, finite_or_none, objective_terms
 from .polish import Callback, polish, worst_stationarity
 

@@ -1,0 +1,1 @@
+"""Comparisons of relations, layers and runs, and the --require grammar."""

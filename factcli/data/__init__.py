@@ -1,0 +1,1 @@
+"""Dataset specs, file readers and the shipped digits."""

@@ -1,0 +1,1 @@
+"""Formats others rely on: checkpoints, reports, atomic files."""

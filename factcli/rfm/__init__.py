@@ -1,0 +1,1 @@
+"""Recursive Feature Machines: kernels and the estimator."""

@@ -1,0 +1,1 @@
+"""Reference training to convergence: the loop, the objective, the polish."""
