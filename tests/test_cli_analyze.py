@@ -104,21 +104,6 @@ def test_plain_state_dict_with_command_line_pieces(tmp_path):
     assert len(result.stdout.splitlines()) == 36
 
 
-def test_user_factory_by_import_path(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(tmp_path)
-    (tmp_path / "mymodels.py").write_text(
-        "import torch\n"
-        "def wide(in_features, hidden):\n"
-        "    return torch.nn.Sequential(torch.nn.Linear(in_features, hidden), torch.nn.ReLU(),\n"
-        "                               torch.nn.Linear(hidden, 2))\n")
-    model = {"arch": "mymodels:wide", "in_features": 4, "hidden": 5}
-    ckpt = tiny_checkpoint(tmp_path / "u.pt", model=model)
-    result = fact("analyze", ckpt, "-f", "jsonl", "--relations", "fact",
-                  env={"PYTHONPATH": str(tmp_path)})
-    assert result.returncode == 0, result.stderr
-    assert [json.loads(line)["layer"] for line in result.stdout.splitlines()] == ["0", "2"]
-
-
 def test_zero_weight_decay_reports_missing_scale(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "a.pt", training={
         "dataset": "teacher-linear:d=4,c=2,n=40", "loss": "mse", "weight_decay": 0.0})

@@ -5,16 +5,51 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
+from typer.core import TyperGroup
 
 from ..errors import CheckFailed, FactError
 
+try:  # recent typer vendors click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer on click
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors as one line `error: … (see fact CMD --help)`, exit 2, instead of a panel."""
+
+    def main(self, args=None, prog_name=None, standalone_mode=True, **extra: Any) -> Any:
+        try:
+            code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as error:
+            error.show()
+            code = 2
+        except UsageError as error:
+            where = error.ctx.command_path if error.ctx is not None else "fact"
+            print_line("error:", f"{error.format_message()} (see {where} --help)")
+            code = 2
+        except ClickException as error:
+            print_line("error:", error.format_message())
+            code = error.exit_code
+        except typer.Abort:
+            print_line("error:", "aborted")
+            code = 1
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="fact",
     help="How a trained network learned its features: FACT, NFA and friends, layer by layer.",
     no_args_is_help=True,
@@ -44,8 +79,19 @@ err = Console(stderr=True)
 out = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
 
 
+def print_line(label: str, message: object, style: str = "bold red") -> None:
+    """`label message` on one stderr line; the message is plain text, never markup."""
+    text = " ".join(str(message).split()) or type(message).__name__
+    err.print(Text.assemble((label, style), " ", text), soft_wrap=True, highlight=False)
+
+
 def command(name: str, **kwargs: Any) -> Callable:
-    """Register a command whose FactError becomes one line + exit 2, CheckFailed exit 1."""
+    """Register a command whose FactError becomes one line + exit 2, CheckFailed exit 1.
+
+    Anything else that escapes (an OSError such as a full disk, an error raised by torch, numpy
+    or h5py on a file nobody validated) is also one line and exit 2, never a traceback;
+    FACT_DEBUG=1 re-raises it for a developer.
+    """
 
     def decorate(function: Callable) -> Callable:
         @functools.wraps(function)
@@ -53,11 +99,10 @@ def command(name: str, **kwargs: Any) -> Callable:
             try:
                 return function(*args, **inner)
             except FactError as error:
-                err.print(f"[bold red]error:[/] {error}", markup=True, highlight=False,
-                          soft_wrap=True)
+                print_line("error:", error)
                 raise typer.Exit(2) from None
             except CheckFailed as error:
-                err.print(f"[bold red]check failed:[/] {error}", soft_wrap=True, highlight=False)
+                print_line("check failed:", error)
                 raise typer.Exit(1) from None
             except KeyboardInterrupt:
                 err.print("interrupted")
@@ -65,14 +110,31 @@ def command(name: str, **kwargs: Any) -> Callable:
             except BrokenPipeError:
                 sys.stderr.close()
                 raise typer.Exit(0) from None
+            except (typer.Exit, typer.Abort, ClickException):
+                raise
+            except Exception as error:
+                if os.environ.get("FACT_DEBUG"):
+                    raise
+                print_line("error:", unexpected(error))
+                raise typer.Exit(2) from None
 
         return app.command(name, **kwargs)(wrapper)
 
     return decorate
 
 
+def unexpected(error: BaseException) -> str:
+    """One line for an error no validation anticipated (disk full, memory, a library's own)."""
+    if isinstance(error, MemoryError):
+        return "out of memory (try a smaller --batch-size or --max-samples)"
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror}{where}"
+    return f"{type(error).__name__}: {error}"
+
+
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}", soft_wrap=True, highlight=False)
+    print_line("warning:", message, "yellow")
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]]) -> None:

@@ -35,6 +35,9 @@ BatchSize = Annotated[int, typer.Option(help="Samples per batch (bounds memory).
 MaxSamples = Annotated[Optional[int], typer.Option(help="Analyze a seeded random subsample.")]
 Seed = Annotated[int, typer.Option(help="Seed of the --max-samples subsample.")]
 Dtype = Annotated[Optional[str], typer.Option(help="float32 or float64 (default: the weights').")]
+TrustCode = Annotated[bool, typer.Option(
+    "--trust-model-code", help="RUNS CODE NAMED INSIDE THE FILE: import and call the model "
+    "factory the checkpoint records (default: refused; naming it with --arch is safer).")]
 
 
 def split_list(text: str | None) -> list[str] | None:
@@ -53,17 +56,25 @@ def checkpoint_source(path: str):
         yield handle.name
 
 
-def run_analysis(checkpoint: str, data, data_dir, arch, model, loss, weight_decay, alpha,
-                 relations, layers, device, batch_size, max_samples, seed, dtype):
-    """Shared by `analyze` and `compare`: load, analyze with a progress bar, print warnings."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from ..engine.analysis import analyze
+def model_overrides(arch: str | None, model: str | None) -> dict | None:
+    """`--model` and `--arch` as one dict (`--arch` wins), None when neither is given."""
     from ..io.checkpoint import parse_model_option
 
     overrides = parse_model_option(model) if model else {}
     if arch:
         overrides["arch"] = arch
+    return overrides or None
+
+
+def run_analysis(checkpoint: str, data, data_dir, arch, model, loss, weight_decay, alpha,
+                 relations, layers, device, batch_size, max_samples, seed, dtype,
+                 trust_model_code=False):
+    """Shared by `analyze` and `compare`: load, analyze with a progress bar, print warnings."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..engine.analysis import analyze
+
+    overrides = model_overrides(arch, model)
     with checkpoint_source(checkpoint) as path, Progress(
             TextColumn("[bold]analyzing[/] {task.description}"), BarColumn(),
             TextColumn("{task.completed}/{task.total} samples"), TimeRemainingColumn(),
@@ -72,7 +83,8 @@ def run_analysis(checkpoint: str, data, data_dir, arch, model, loss, weight_deca
         result = analyze(path, data, loss=loss, weight_decay=weight_decay, alpha=alpha,
                          relations=split_list(relations), layers=split_list(layers),
                          device=device, batch_size=batch_size, max_samples=max_samples,
-                         seed=seed, dtype=dtype, data_dir=data_dir, model=overrides or None,
+                         seed=seed, dtype=dtype, data_dir=data_dir, model=overrides,
+                         trust_model_code=trust_model_code,
                          progress=lambda done, total: bar.update(task, completed=done,
                                                                  total=total))
     result.info["checkpoint"] = checkpoint
@@ -99,6 +111,7 @@ def analyze_command(
     max_samples: MaxSamples = None,
     seed: Seed = 0,
     dtype: Dtype = None,
+    trust_model_code: TrustCode = False,
     format: Annotated[str, typer.Option("--format", "-f", help="table, jsonl, json or tsv.")]
     = "table",
     metric: Annotated[str, typer.Option(help="Table metric: pearson, cosine or rel_err.")]
@@ -119,7 +132,8 @@ def analyze_command(
     if report is not None:
         check_writable(report)
     result = run_analysis(checkpoint, data, data_dir, arch, model, loss, weight_decay, alpha,
-                          relations, layers, device, batch_size, max_samples, seed, dtype)
+                          relations, layers, device, batch_size, max_samples, seed, dtype,
+                          trust_model_code)
     if report is not None:
         write_report(report, result, command=shlex.join(["fact", *sys.argv[1:]]),
                      matrices=matrices)

@@ -31,6 +31,8 @@ from .analyze import (
     Model,
     Relations,
     Seed,
+    TrustCode,
+    model_overrides,
     run_analysis,
     split_list,
 )
@@ -81,6 +83,7 @@ def compare_command(
     max_samples: MaxSamples = None,
     seed: Seed = 0,
     dtype: Dtype = None,
+    trust_model_code: TrustCode = False,
 ) -> None:
     """Compare relations per layer, runs and training snapshots, or the features they learned.
 
@@ -111,15 +114,14 @@ def compare_command(
 
     def analyzed(path: str) -> Source:
         if features:
-            from ..io.checkpoint import load_checkpoint, parse_model_option
+            from ..io.checkpoint import load_checkpoint
 
-            overrides = parse_model_option(model) if model else {}
-            if arch:
-                overrides["arch"] = arch
-            return cmp.weight_features(load_checkpoint(path, overrides or None).build(), path)
+            return cmp.weight_features(load_checkpoint(
+                path, model_overrides(arch, model), trust_model_code=trust_model_code).build(),
+                path)
         return cmp.from_analysis(run_analysis(
             path, data, data_dir, arch, model, loss, weight_decay, alpha, needed, layers,
-            device, batch_size, max_samples, seed, dtype), path)
+            device, batch_size, max_samples, seed, dtype, trust_model_code), path)
 
     sources = cmp.select_layers(load_inputs(inputs, analyzed), split_list(layers))
     if features:

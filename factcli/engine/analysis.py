@@ -72,10 +72,13 @@ def analyze(
     data_dir: str | os.PathLike | None = None,
     model: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    trust_model_code: bool = False,
 ) -> Analysis:
     """Analyze a checkpoint (path or `Checkpoint`) or an `nn.Module` on its training data.
 
     Arguments left as None come from the checkpoint's `training` record; explicit ones win.
+    A model factory named inside a checkpoint file runs only if `model` names it too or
+    `trust_model_code=True` (it is code chosen by whoever wrote the file).
     The model is evaluated in eval mode. Sums are accumulated in float64 over batches of
     `batch_size`, so memory does not grow with the number of samples.
     """
@@ -88,7 +91,8 @@ def analyze(
         network = copy.deepcopy(source)  # moved, cast and put in eval mode: not the caller's
         check_finite(network.named_parameters())
     else:
-        checkpoint = source if isinstance(source, Checkpoint) else load_checkpoint(source, model)
+        checkpoint = source if isinstance(source, Checkpoint) else load_checkpoint(
+            source, model, trust_model_code=trust_model_code)
         network, training = checkpoint.build(), checkpoint.training
         info.update(checkpoint=str(checkpoint.path) if checkpoint.path else None,
                     checkpoint_sha256=checkpoint.sha256, model=checkpoint.model)

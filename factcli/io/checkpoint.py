@@ -1,7 +1,9 @@
 """`factcli.checkpoint/1` in `.pt` and `.safetensors` (interfaces.md §1), and plain state_dicts.
 
 `.pt` files are read with `torch.load(weights_only=True)` only: a pickle that would run code is
-refused, never executed.
+refused, never executed. A model factory (`model.arch = "package.module:function"`) is code too:
+a checkpoint may record one, but it is imported and called only when the caller names it
+(`--arch` / `model={"arch": ...}`) or passes `trust_model_code=True` (`--trust-model-code`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import FactError
-from ..models.archs import build_model, load_weights
+from ..models.archs import build_model, is_factory, load_weights
 from .files import atomic_path, sha256
 
 FORMAT = "factcli.checkpoint/1"
@@ -34,9 +36,16 @@ class Checkpoint:
     training: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
     sha256: str | None = None
+    trust_model_code: bool = True  # False when a factory came from a file nobody vouched for
 
     def build(self) -> nn.Module:
         """The model with these weights, in the weights' floating dtype, in eval mode."""
+        arch = self.model.get("arch")
+        if is_factory(arch) and not self.trust_model_code:
+            raise FactError(
+                f"{self.path or 'the checkpoint'} names the model factory {arch!r}, which is "
+                f"code; it runs only if you ask: pass --arch {arch} (or --trust-model-code, "
+                "which runs code named inside the file)")
         model = build_model(self.model)
         dtypes = {t.dtype for t in self.state_dict.values() if t.is_floating_point()}
         if len(dtypes) == 1:
@@ -126,8 +135,13 @@ def _json_field(metadata: dict[str, str], key: str, path: Path) -> dict[str, Any
 
 
 def load_checkpoint(path: str | os.PathLike, model: dict[str, Any] | None = None,
-                    training: dict[str, Any] | None = None) -> Checkpoint:
-    """Read a checkpoint; `model` and `training` entries fill in or override what it lacks."""
+                    training: dict[str, Any] | None = None, *,
+                    trust_model_code: bool = False) -> Checkpoint:
+    """Read a checkpoint; `model` and `training` entries fill in or override what it lacks.
+
+    A factory named by the file itself is never run by `build()` unless `trust_model_code`;
+    one named in `model` is the caller's choice and runs.
+    """
     source = Path(path)
     if not source.is_file():
         raise FactError(f"checkpoint not found: {source}")
@@ -164,7 +178,9 @@ def load_checkpoint(path: str | os.PathLike, model: dict[str, Any] | None = None
         merged_model = {**_infer_layout(merged_model["arch"], state_dict), **merged_model}
     merged_training = {**stored_training,
                        **{k: v for k, v in (training or {}).items() if v is not None}}
-    return Checkpoint(merged_model, state_dict, merged_training, str(path), sha256(source))
+    trusted = trust_model_code or "arch" in (model or {})
+    return Checkpoint(merged_model, state_dict, merged_training, str(path), sha256(source),
+                      trusted)
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> None:

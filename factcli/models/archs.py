@@ -2,13 +2,14 @@
 
 `mlp`, `linear` and `quadratic` are built here; anything else is a user factory named by an
 import path `package.module:factory`, called with the dict's other entries as keyword arguments.
+A factory is code: whoever calls `build_model` with one has chosen to run it (the checkpoint
+loader asks the user first, see `io.checkpoint`). Nothing is added to `sys.path`: a factory's
+module must be importable as installed or through `PYTHONPATH`.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 from typing import Any
 
 import torch
@@ -62,6 +63,11 @@ class Quadratic(nn.Module):
         return self.readout(self.hidden(x).pow(2))
 
 
+def is_factory(arch: Any) -> bool:
+    """Whether `arch` names code (an import path) rather than a built-in architecture."""
+    return isinstance(arch, str) and ":" in arch
+
+
 def build_model(spec: dict[str, Any]) -> nn.Module:
     """An `nn.Module` from a checkpoint's `model` dict."""
     spec = dict(spec)
@@ -81,7 +87,7 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
         raise FactError(f"the {arch!r} model description lacks {missing.args[0]!r}") from None
     except TypeError as error:
         raise FactError(f"bad {arch!r} model description: {error}") from None
-    if ":" in arch:
+    if is_factory(arch):
         return _user_model(arch, spec)
     raise FactError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}, "
                     "or name a factory as package.module:function")
@@ -89,13 +95,15 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
 
 def _user_model(path: str, params: dict[str, Any]) -> nn.Module:
     module_name, _, attribute = path.partition(":")
-    if os.getcwd() not in sys.path:  # like `python -m`: models next to the user are importable
-        sys.path.insert(0, os.getcwd())
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
+    except Exception as error:  # the user's module: any failure to import is bad input
         raise FactError(f"cannot import model factory {path!r}: {error}") from None
-    model = factory(**params)
+    try:
+        model = factory(**params)
+    except Exception as error:
+        raise FactError(f"model factory {path!r} failed: {type(error).__name__}: {error}") \
+            from None
     if not isinstance(model, nn.Module):
         raise FactError(f"model factory {path!r} returned {type(model).__name__}, not an nn.Module")
     return model
