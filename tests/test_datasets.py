@@ -88,9 +88,10 @@ def test_idx_files(tmp_path, compress, name, folder):
 
 def test_missing_files_are_named(tmp_path, monkeypatch):
     monkeypatch.delenv("FACT_DATA_DIR", raising=False)
-    with pytest.raises(FactError, match="train-images-idx3-ubyte.*FACT_DATA_DIR"):
+    with pytest.raises(FactError, match="train-images-idx3-ubyte.*fact data fetch mnist"
+                                        ".*FACT_DATA_DIR"):
         load_dataset("mnist", data_dir=tmp_path)
-    with pytest.raises(FactError, match="data_batch_1.*cifar-10-batches-py"):
+    with pytest.raises(FactError, match="data_batch_1.*fact data fetch cifar10"):
         load_dataset("cifar10", data_dir=tmp_path)
 
 

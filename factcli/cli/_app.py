@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import functools
+import inspect
 import json
 import os
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -53,10 +54,10 @@ app = typer.Typer(
     name="fact",
     help="How a trained network learned its features: FACT, NFA and friends, layer by layer.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, pwsh
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
-
 
 
 def _version(value: bool) -> None:
@@ -73,10 +74,21 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """How a trained network learned its features: FACT, NFA and friends, layer by layer."""
 
 
+class _Stdout(Console):
+    """stdout: a closed pipe raises BrokenPipeError for `command` to handle (rich would exit 1)."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
 # Messages and progress go to stderr; data goes to stdout with markup and highlighting off.
-# Rich honours NO_COLOR by itself.
+# Rich honours NO_COLOR by itself. Tables never rely on the console width (render.py fits them).
 err = Console(stderr=True)
-out = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+out = _Stdout(highlight=False, soft_wrap=False)
+
+# -q (0), normal (1), -v (2): set by every command from its --quiet/--verbose options.
+verbosity = {"level": 1}
+EXIT_CLOSED_STDOUT = 141  # 128 + SIGPIPE, what a shell reports for a writer killed by SIGPIPE
 
 
 def print_line(label: str, message: object, style: str = "bold red") -> None:
@@ -85,8 +97,44 @@ def print_line(label: str, message: object, style: str = "bold red") -> None:
     err.print(Text.assemble((label, style), " ", text), soft_wrap=True, highlight=False)
 
 
-def command(name: str, **kwargs: Any) -> Callable:
-    """Register a command whose FactError becomes one line + exit 2, CheckFailed exit 1.
+def info(message: str) -> None:
+    """A message on stderr, unless -q."""
+    if verbosity["level"] >= 1:
+        err.print(message, highlight=False, soft_wrap=True, markup=False)
+
+
+def detail(message: str) -> None:
+    """A message on stderr only with -v."""
+    if verbosity["level"] >= 2:
+        err.print(message, style="dim", highlight=False, soft_wrap=True, markup=False)
+
+
+def show_progress() -> bool:
+    """Progress bars: on a terminal, unless -q."""
+    return verbosity["level"] >= 1 and err.is_terminal
+
+
+def silence_stdout() -> None:
+    """After a closed pipe: send further writes (and the interpreter's final flush) nowhere."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+_QUIET = inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=
+                           Annotated[bool, typer.Option("--quiet", "-q", help=(
+                               "No progress bars or messages (warnings and errors still "
+                               "show)."))])
+_VERBOSE = inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=0, annotation=
+                             Annotated[int, typer.Option("--verbose", "-v", count=True, help=(
+                                 "More messages: where data came from, timings."))])
+
+
+def command(name: str, parent: typer.Typer | None = None, **kwargs: Any) -> Callable:
+    """Register a command (with -q/-v) whose FactError becomes one line + exit 2, CheckFailed
+    exit 1, a closed stdout exit 141 without a message.
 
     Anything else that escapes (an OSError such as a full disk, an error raised by torch, numpy
     or h5py on a file nobody validated) is also one line and exit 2, never a traceback;
@@ -94,8 +142,14 @@ def command(name: str, **kwargs: Any) -> Callable:
     """
 
     def decorate(function: Callable) -> Callable:
+        signature = inspect.signature(function, eval_str=True)
+
         @functools.wraps(function)
-        def wrapper(*args: Any, **inner: Any) -> Any:
+        def wrapper(*args: Any, quiet: bool = False, verbose: int = 0, **inner: Any) -> Any:
+            from ..data import fetch
+
+            verbosity["level"] = 0 if quiet else 2 if verbose else 1
+            fetch.QUIET = quiet
             try:
                 return function(*args, **inner)
             except FactError as error:
@@ -108,8 +162,8 @@ def command(name: str, **kwargs: Any) -> Callable:
                 err.print("interrupted")
                 raise typer.Exit(130) from None
             except BrokenPipeError:
-                sys.stderr.close()
-                raise typer.Exit(0) from None
+                silence_stdout()
+                raise typer.Exit(EXIT_CLOSED_STDOUT) from None
             except (typer.Exit, typer.Abort, ClickException):
                 raise
             except Exception as error:
@@ -118,7 +172,9 @@ def command(name: str, **kwargs: Any) -> Callable:
                 print_line("error:", unexpected(error))
                 raise typer.Exit(2) from None
 
-        return app.command(name, **kwargs)(wrapper)
+        wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[*signature.parameters.values(), _QUIET, _VERBOSE])
+        return (parent or app).command(name, **kwargs)(wrapper)
 
     return decorate
 
@@ -137,7 +193,7 @@ def warn(message: str) -> None:
     print_line("warning:", message, "yellow")
 
 
-def write_jsonl(rows: Iterable[dict[str, Any]]) -> None:
+def write_jsonl(rows: Iterable[Any]) -> None:
     """Plain JSON lines on stdout; NaN becomes null so that every line is valid JSON."""
     for row in rows:
         sys.stdout.write(json.dumps(_null_nan(row), allow_nan=False) + "\n")

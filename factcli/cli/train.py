@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import signal
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ._app import command, err, out, warn, write_jsonl
+from ._app import command, err, info, out, silence_stdout, verbosity, warn, write_jsonl
 
 EPILOG = ("Examples: fact train mlp --dataset mnist-10k --out mlp.pt --lr 0.5;  "
           "fact train quadratic --dataset separation:tau=0.1 --optimizer adam --lr 0.01 "
@@ -26,8 +28,9 @@ def _format(value: Any, percent: bool = False) -> str:
 class _Display:
     """The rich progress bar on stderr and the jsonl rows on stdout."""
 
-    def __init__(self, quiet: bool, jsonl: bool):
-        self.quiet, self.jsonl = quiet, jsonl
+    def __init__(self, quiet: bool, jsonl: bool, chosen: Path | None):
+        self.quiet, self.jsonl, self.out_path = quiet, jsonl, chosen
+        self.stdout_closed = False
         self.progress = None
         self.task = None
         self.polish_task = None
@@ -63,13 +66,15 @@ class _Display:
             elif not self.quiet:
                 err.print(event["text"], highlight=False, soft_wrap=True)
         elif kind == "start" and not self.quiet:
+            if self.out_path is not None:  # the default --out: say where the run goes
+                info(f"checkpoint: {self.out_path}")
             self._start()
             self.task = self.progress.add_task("epoch", total=event["epochs"],
                                                completed=event["start_epoch"], metrics="")
         elif kind == "epoch":
             if self.jsonl:
-                write_jsonl([{"phase": "train", **{k: v for k, v in event.items()
-                                                   if k not in ("event", "epochs")}}])
+                self._row({"phase": "train", **{k: v for k, v in event.items()
+                                                if k not in ("event", "epochs")}})
             if self.progress is not None and self.task is not None:
                 metrics = (f"loss {_format(event['train_loss'])}"
                            + (f" acc {_format(event['train_acc'], True)}"
@@ -85,13 +90,32 @@ class _Display:
                                                       metrics="")
         elif kind == "polish":
             if self.jsonl:
-                write_jsonl([{"phase": "polish", **{k: v for k, v in event.items()
-                                                    if k != "event"}}])
+                self._row({"phase": "polish", **{k: v for k, v in event.items()
+                                                 if k != "event"}})
             if self.progress is not None and self.polish_task is not None:
                 self.progress.update(
                     self.polish_task, completed=event["step"],
                     metrics=f"L {event['objective']:.6g} stationarity "
                             f"{_format(event['stationarity'])}")
+
+
+    def _row(self, row: dict[str, Any]) -> None:
+        """One jsonl row; a closed stdout (`| head`) stops the rows, never the training."""
+        if self.stdout_closed:
+            return
+        try:
+            write_jsonl([row])
+        except BrokenPipeError:
+            self.stdout_closed = True
+            silence_stdout()
+            warn("stdout was closed: training goes on without metrics, and the checkpoint "
+                 "will be saved")
+
+
+def default_out(arch: str, dataset: str) -> Path:
+    """runs/<arch>-<dataset>-<local time>.pt, the dataset spec made a safe file name."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{arch}-{dataset}").strip("_.")
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.pt"
 
 
 def _summary(arch: str, result: Any, out_path: Path) -> str:
@@ -159,8 +183,10 @@ def train(
         help="After training, up to N float64 second-order steps (Newton for tiny models, "
         "else L-BFGS with strong-Wolfe line search) to land on a critical point.")] = 0,
     data_dir: Annotated[Path | None, typer.Option(
-        help="Folder with mnist/cifar10 files (default: $FACT_DATA_DIR).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no summary.")] = False,
+        help="Folder with mnist/cifar10 files (default: $FACT_DATA_DIR, else the download "
+        "cache).")] = None,
+    offline: Annotated[bool, typer.Option(
+        "--offline", help="Never download (also FACT_OFFLINE=1).")] = False,
     output_format: Annotated[str, typer.Option(
         "--format", help="text, or jsonl: one line of metrics per epoch on stdout.")] = "text",
 ) -> None:
@@ -169,15 +195,20 @@ def train(
 
     if dataset is None:
         raise FactError("fact train needs --dataset SPEC (e.g. --dataset mnist-10k)")
-    if out_file is None:
-        raise FactError("fact train needs --out PATH (the checkpoint to write)")
     if output_format not in ("text", "jsonl"):
         raise FactError(f"unknown --format {output_format!r}; choose text or jsonl")
 
-    from ..io.files import check_writable
+    from ..io.files import check_writable, make_parent
     from ..training.loop import TrainConfig
     from ..training.loop import train as run_training
 
+    quiet = verbosity["level"] == 0
+    chosen = out_file is None
+    if chosen:
+        if resume:
+            raise FactError("--resume needs --out: the checkpoint of the run to continue")
+        out_file = default_out(arch, dataset)
+    make_parent(out_file)
     check_writable(out_file)  # before torch work and data loading
     config = TrainConfig(arch=arch, dataset=dataset, width=width, depth=depth,
                          activation=activation, bias=bias, loss=loss, optimizer=optimizer,
@@ -200,10 +231,11 @@ def train(
         except ValueError:  # not the main thread
             pass
     try:
-        with _Display(quiet, output_format == "jsonl") as display:
+        with _Display(quiet, output_format == "jsonl", out_file if chosen else None) as display:
             result = run_training(config, out=out_file, resume=resume, save_every=save_every,
                                   eval_every=eval_every, device=device, data_dir=data_dir,
-                                  callback=display, should_stop=lambda: stop["requested"])
+                                  offline=offline or None, callback=display,
+                                  should_stop=lambda: stop["requested"])
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -212,9 +244,13 @@ def train(
             err.print(f"interrupted at epoch {result.training.get('epoch')}: saved {out_file}; "
                       "continue with the same command plus --resume", soft_wrap=True)
         raise typer.Exit(130)
-    if not quiet:
-        line = _summary(arch, result, out_file)
-        if output_format == "jsonl":
-            err.print(line, highlight=False, soft_wrap=True)
-        else:
-            out.print(line, soft_wrap=True)
+    line = _summary(arch, result, out_file)
+    if display.stdout_closed:
+        err.print(f"{line} (stdout was closed; the checkpoint is complete)", highlight=False,
+                  soft_wrap=True)
+    elif output_format == "jsonl":
+        info(line)
+    elif not quiet:
+        out.print(line, soft_wrap=True)
+    elif chosen:
+        out.print(str(out_file), soft_wrap=True)  # the one thing -q still says: where it went

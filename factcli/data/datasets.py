@@ -8,6 +8,7 @@ labels stay integers here; `Dataset.targets(loss)` applies the encoding of relat
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import itertools
 import os
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import FactError
+from . import fetch
 
 
 @dataclass
@@ -39,6 +41,20 @@ class Dataset:
     @property
     def n_train(self) -> int:
         return len(self.x_train)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the content (shapes and values of every split, inputs as float32), so a
+        checkpoint can tell whether `analyze` sees the same copy of the data it was trained on."""
+        digest = hashlib.sha256()
+        for tensor in (self.x_train, self.y_train, self.x_test, self.y_test, self.weights):
+            if tensor is None:
+                digest.update(b"-")
+                continue
+            values = tensor.detach().cpu()
+            values = values.float() if values.is_floating_point() else values.long()
+            digest.update(repr(tuple(values.shape)).encode())
+            digest.update(values.contiguous().numpy().tobytes())
+        return "sha256:" + digest.hexdigest()
 
     def targets(self, loss: str, split: str = "train") -> torch.Tensor:
         """Targets as the loss wants them: one-hot floats for `mse`, labels for `cross_entropy`."""
@@ -93,6 +109,18 @@ class _Options:
         except ValueError:
             raise FactError(f"option {key}={self.options[key]!r} in {self.spec!r} "
                             f"is not a valid {kind.__name__}") from None
+
+    def flag(self, key: str, default: bool) -> bool:
+        """A yes/no option (also true/false, 1/0)."""
+        self.used.add(key)
+        value = self.options.get(key)
+        if value is None:
+            return default
+        if value.lower() in ("yes", "true", "1"):
+            return True
+        if value.lower() in ("no", "false", "0"):
+            return False
+        raise FactError(f"option {key}={value!r} in {self.spec!r} must be yes or no")
 
     def done(self) -> None:
         unknown = sorted(set(self.options) - self.used)
@@ -162,14 +190,8 @@ def _file(spec: str, o: _Options) -> Dataset:
         except ValueError as error:  # e.g. object arrays, which need pickle
             raise FactError(f"cannot read {path}: {error}") from None
     elif path.suffix == ".csv":
-        target = o.get("target", -1)
-        header = o.get("header", 0)
-        try:
-            table = np.loadtxt(path, delimiter=",", skiprows=header, ndmin=2)
-        except ValueError as error:
-            raise FactError(f"cannot read {path} as numeric CSV: {error}") from None
-        y_train = table[:, target]
-        x_train, x_test, y_test = np.delete(table, target % table.shape[1], axis=1), None, None
+        x_train, y_train = _csv(path, o)
+        x_test = y_test = None
     else:
         raise FactError(f"unsupported data file {path.name}; use .npz or .csv")
     for key, array in (("x_train", x_train), ("y_train", y_train), ("x_test", x_test),
@@ -191,6 +213,32 @@ def _file(spec: str, o: _Options) -> Dataset:
                    None if y_test is None else _tensor(y_test, label_dtype), n_classes)
 
 
+def _csv(path: Path, o: _Options) -> tuple[np.ndarray, np.ndarray]:
+    """A numeric CSV; `header=yes|no` (or a number of lines to skip), `target=NAME|INDEX`."""
+    header_text, target = o.options.get("header", "no"), o.get("target", "-1", str)
+    o.used.add("header")
+    skip = int(header_text) if header_text.isdigit() else int(o.flag("header", False))
+    names: list[str] = []
+    if skip:
+        with open(path) as handle:
+            names = [name.strip() for name in handle.readline().strip().split(",")]
+    try:
+        table = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+    except ValueError as error:
+        raise FactError(f"cannot read {path} as numeric CSV: {error}") from None
+    if target.lstrip("-").isdigit():
+        column = int(target)
+        if not -table.shape[1] <= column < table.shape[1]:
+            raise FactError(f"target={target}: {path} has {table.shape[1]} columns")
+    elif target in names:
+        column = names.index(target)
+    else:
+        raise FactError(f"target={target!r} is not a column of {path}"
+                        + (f" (columns: {', '.join(names)})" if names else
+                           "; name columns with header=yes or give an index"))
+    return np.delete(table, column % table.shape[1], axis=1), table[:, column]
+
+
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as handle:
@@ -206,29 +254,44 @@ def _read_idx(path: Path) -> np.ndarray:
     return body.reshape(shape)
 
 
-def _data_dir(data_dir: str | os.PathLike | None) -> Path:
-    return Path(data_dir or os.environ.get("FACT_DATA_DIR") or ".")
+def _data_root(data_dir: str | os.PathLike | None) -> Path:
+    """--data-dir, else $FACT_DATA_DIR, else the download cache (data/fetch.py)."""
+    return Path(data_dir) if data_dir else fetch.cache_dir()
 
 
-def _find(directory: Path, subdirs: tuple[str, ...], names: list[str]) -> Path | None:
+def _find(directory: Path, subdirs: tuple[str, ...], names: list[str],
+          suffixes: tuple[str, ...] = ("", ".gz")) -> Path | None:
     for sub in subdirs:
-        for suffix in ("", ".gz"):
+        for suffix in suffixes:
             if all((directory / sub / (name + suffix)).is_file() for name in names):
                 return directory / sub
     return None
 
 
+def _located(name: str, root: Path, found: Path | None, offline: bool | None,
+             needs: str) -> Path:
+    """The folder found in `root`, else the one `fetch` fills (or a one-line error naming both)."""
+    if found is not None:
+        return found
+    if fetch.is_offline(offline):
+        raise FactError(f"{name} needs {needs} in {root.resolve()} (or a torchvision-style "
+                        f"subfolder) and downloads are off: run `fact data fetch {name}`, or set "
+                        "--data-dir or FACT_DATA_DIR to a folder that holds them")
+    return fetch.fetch(name, root, offline=offline)
+
+
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 
 
-def _idx_dataset(spec: str, o: _Options, name: str, data_dir: Path) -> Dataset:
-    folder = _find(data_dir, ("", name, name.upper(), f"{name}/raw", f"{name.upper()}/raw"),
-                   IDX_FILES)
-    if folder is None:
-        raise FactError(f"{name} needs the files {', '.join(IDX_FILES)} (optionally .gz) in "
-                        f"{data_dir.resolve()} or its {name}/ subfolder; set --data-dir or "
-                        "FACT_DATA_DIR (or use the shipped subset: mnist-10k)")
+def _idx_dataset(spec: str, o: _Options, name: str, root: Path, offline: bool | None
+                 ) -> Dataset:
+    tv = TORCHVISION_FOLDER[name]
+    found = _find(root, ("", name, name.upper(), f"{name}/raw", f"{name.upper()}/raw",
+                         f"{tv}/raw", tv), IDX_FILES)
+    folder = _located(name, root, found, offline, f"the files {', '.join(IDX_FILES)} "
+                      "(optionally .gz)")
     arrays = []
     for base in IDX_FILES:
         path = folder / base
@@ -251,7 +314,8 @@ def _mnist_10k(spec: str, o: _Options) -> Dataset:
     with resources.files("factcli").joinpath("data/mnist-10k.npz").open("rb") as handle:
         with np.load(io.BytesIO(handle.read())) as arrays:
             images, labels = arrays["images"], arrays["labels"]
-    split = o.get("split", 8000)
+    boundary = o.options.get("split", "")
+    split = int(boundary) if boundary.isdigit() else 8000  # split=train|test: _choose_split
     if not 0 < split < len(images):
         raise FactError(f"split must lie in 1..{len(images) - 1} (got {split})")
     return _images(spec, o, images[:split], labels[:split], images[split:], labels[split:], 10)
@@ -271,7 +335,7 @@ class _SafeUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _cifar_batch(path: Path, labels: bytes = b"labels") -> tuple[np.ndarray, np.ndarray]:
     if path.suffix == ".bin":
         raw = np.fromfile(path, dtype=np.uint8)
         if raw.size % 3073:
@@ -281,24 +345,38 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as handle:
             batch = _SafeUnpickler(handle, encoding="bytes").load()
-        return np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[b"labels"], np.int64)
+        return np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[labels], np.int64)
     except (pickle.UnpicklingError, KeyError, EOFError, TypeError) as error:
-        raise FactError(f"{path} is not a CIFAR-10 python batch: {error}") from None
+        raise FactError(f"{path} is not a CIFAR python batch: {error}") from None
 
 
-def _cifar10(spec: str, o: _Options, data_dir: Path) -> Dataset:
-    py = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    binary = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
-    for names in (py, binary):
-        for sub in ("", "cifar-10-batches-py", "cifar-10-batches-bin", "cifar10"):
-            if all((data_dir / sub / name).is_file() for name in names):
-                batches = [_cifar_batch(data_dir / sub / name) for name in names]
-                x_train = np.concatenate([b[0] for b in batches[:5]])
-                y_train = np.concatenate([b[1] for b in batches[:5]])
-                return _images(spec, o, x_train, y_train, *batches[5], 10)
-    raise FactError(f"cifar10 needs {', '.join(py)} (python batches) or the .bin batches in "
-                    f"{data_dir.resolve()} or its cifar-10-batches-py/ or cifar-10-batches-bin/ "
-                    "subfolder; set --data-dir or FACT_DATA_DIR")
+CIFAR10_PY = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+def _cifar10(spec: str, o: _Options, root: Path, offline: bool | None) -> Dataset:
+    subs = ("", "cifar-10-batches-py", "cifar-10-batches-bin", "cifar10",
+            "cifar10/cifar-10-batches-py")
+    found = _find(root, subs, CIFAR10_PY, ("", ".bin"))
+    folder = _located("cifar10", root, found, offline, f"{', '.join(CIFAR10_PY)} (python "
+                      "batches, or the .bin batches)")
+    suffix = "" if (folder / "test_batch").is_file() else ".bin"
+    batches = [_cifar_batch(folder / (name + suffix)) for name in CIFAR10_PY]
+    x_train = np.concatenate([b[0] for b in batches[:5]])
+    y_train = np.concatenate([b[1] for b in batches[:5]])
+    return _images(spec, o, x_train, y_train, *batches[5], 10)
+
+
+def _cifar100(spec: str, o: _Options, root: Path, offline: bool | None) -> Dataset:
+    """CIFAR-100 python batches; `labels=fine` (100 classes, default) or `coarse` (20)."""
+    kind = o.get("labels", "fine", str)
+    if kind not in ("fine", "coarse"):
+        raise FactError(f"cifar100 labels must be fine or coarse (got {kind!r})")
+    found = _find(root, ("", "cifar-100-python", "cifar100/cifar-100-python"), ["train", "test"],
+                  ("",))
+    folder = _located("cifar100", root, found, offline, "the python batches train and test")
+    (x_train, y_train), (x_test, y_test) = (
+        _cifar_batch(folder / part, f"{kind}_labels".encode()) for part in ("train", "test"))
+    return _images(spec, o, x_train, y_train, x_test, y_test, 100 if kind == "fine" else 20)
 
 
 def _separation(spec: str, o: _Options) -> Dataset:
@@ -364,29 +442,52 @@ def _sklearn(spec: str, o: _Options) -> Dataset:
 
 
 DATASETS = ("parity", "modular", "file", "mnist", "fashion-mnist", "mnist-10k", "cifar10",
-            "separation", "teacher-linear", "sklearn")
+            "cifar100", "separation", "teacher-linear", "sklearn")
 
 
-def load_dataset(spec: str, data_dir: str | os.PathLike | None = None) -> Dataset:
-    """The dataset a spec string names; raises FactError naming what is wrong or missing."""
+def _choose_split(dataset: Dataset, o: _Options) -> Dataset:
+    """`split=test` makes the test split the data analyzed and trained on (default: train)."""
+    split = o.options.get("split", "train")
+    if split.isdigit():  # mnist-10k: where its train part ends, consumed by the builder
+        return dataset
+    o.used.add("split")
+    if split not in ("train", "test"):
+        raise FactError(f"split must be train or test (got {split!r})")
+    if split == "train":
+        return dataset
+    if dataset.x_test is None:
+        raise FactError(f"dataset {dataset.spec!r} has no test split")
+    return Dataset(dataset.spec, dataset.x_test, dataset.y_test, dataset.x_train,
+                   dataset.y_train, dataset.n_classes, info=dataset.info)
+
+
+def load_dataset(spec: str, data_dir: str | os.PathLike | None = None, *,
+                 offline: bool | None = None) -> Dataset:
+    """The dataset a spec string names; raises FactError naming what is wrong or missing.
+
+    mnist, fashion-mnist, cifar10 and cifar100 are read from `data_dir` (torchvision-style
+    folders work), else `$FACT_DATA_DIR`, else the download cache; missing files are downloaded
+    and verified (data/fetch.py) unless `offline` (default: `$FACT_OFFLINE`).
+    """
     name, raw = parse_spec(spec)
     options = _Options(spec, raw)
-    folder = _data_dir(data_dir)
+    folder = _data_root(data_dir)
     builders = {
         "parity": lambda: _parity(spec, options),
         "modular": lambda: _modular(spec, options),
         "file": lambda: _file(spec, options),
-        "mnist": lambda: _idx_dataset(spec, options, "mnist", folder),
-        "fashion-mnist": lambda: _idx_dataset(spec, options, "fashion-mnist", folder),
+        "mnist": lambda: _idx_dataset(spec, options, "mnist", folder, offline),
+        "fashion-mnist": lambda: _idx_dataset(spec, options, "fashion-mnist", folder, offline),
         "mnist-10k": lambda: _mnist_10k(spec, options),
-        "cifar10": lambda: _cifar10(spec, options, folder),
+        "cifar10": lambda: _cifar10(spec, options, folder, offline),
+        "cifar100": lambda: _cifar100(spec, options, folder, offline),
         "separation": lambda: _separation(spec, options),
         "teacher-linear": lambda: _teacher_linear(spec, options),
         "sklearn": lambda: _sklearn(spec, options),
     }
     if name not in builders:
         raise FactError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    dataset = builders[name]()
+    dataset = _choose_split(builders[name](), options)
     options.done()
     if not torch.isfinite(dataset.x_train).all():
         raise FactError(f"dataset {spec!r} contains NaN or infinite inputs")

@@ -70,6 +70,7 @@ def analyze(
     seed: int = 0,
     dtype: str | None = None,
     data_dir: str | os.PathLike | None = None,
+    offline: bool | None = None,
     model: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     trust_model_code: bool = False,
@@ -103,10 +104,15 @@ def analyze(
     dataset = dataset if dataset is not None else training.get("dataset")
     if dataset is None:
         _missing("dataset", "--data SPEC")
-    data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_dir)
+    recorded_dir = training.get("data_dir")
+    if data_dir is None and dataset == training.get("dataset") and isinstance(recorded_dir, str) \
+            and os.path.isdir(recorded_dir):
+        data_dir = recorded_dir  # where the run was told to find its data
+    data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_dir,
+                                                                     offline=offline)
     if weight_decay is None:
         weight_decay = training.get("weight_decay")
-    warnings: list[str] = []
+    warnings: list[str] = _fingerprint_warnings(data, training)
     if not rel.has_scale(weight_decay):
         warnings.append(f"weight decay λ is {'unknown' if weight_decay is None else weight_decay}:"
                         " FACT is reported without its 1/λ scale, rel_err and stationarity "
@@ -198,6 +204,16 @@ def _layer_result(name: str, W: torch.Tensor, sums: LayerSums, weight_decay: flo
         metrics[relation] = values
     return LayerResult(name, W.shape[1], W.shape[0], rel.stationarity(W, sums, weight_decay),
                        matrices, metrics, fitted)
+
+
+def _fingerprint_warnings(data: Dataset, training: dict[str, Any]) -> list[str]:
+    """A checkpoint trained on the same spec records the data's fingerprint: compare it."""
+    recorded = training.get("dataset_fingerprint")
+    if not recorded or data.spec != training.get("dataset") or data.fingerprint() == recorded:
+        return []
+    return [f"dataset {data.spec!r} differs from the copy this checkpoint was trained on "
+            f"(fingerprint {data.fingerprint()[:19]}…, recorded {str(recorded)[:19]}…): "
+            "a different download, folder or file; results describe other data"]
 
 
 def _missing(what: str, flag: str) -> None:

@@ -25,6 +25,16 @@ def check_writable(path: str | os.PathLike) -> Path:
     return target
 
 
+def make_parent(path: str | os.PathLike) -> None:
+    """Create the missing folders above an output file (`--out runs/x.pt`)."""
+    folder = Path(path).parent
+    if str(folder) and not folder.exists():
+        try:
+            folder.mkdir(parents=True)
+        except OSError as error:
+            raise FactError(f"cannot create folder {folder}: {error.strerror}") from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""

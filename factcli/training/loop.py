@@ -291,6 +291,7 @@ def train(
     device: str | torch.device | None = "auto",
     data: Dataset | None = None,
     data_dir: str | os.PathLike | None = None,
+    offline: bool | None = None,
     callback: Callback | None = None,
     should_stop: Callable[[], bool] | None = None,
     autosave_seconds: float | None = 60.0,
@@ -325,8 +326,12 @@ def train(
     _check(config)  # before loading a possibly large dataset
     dtype = resolve_dtype(config.dtype)
     run_device = resolve_device(device)
-    dataset = data if data is not None else load_dataset(config.dataset, data_dir)
+    dataset = data if data is not None else load_dataset(config.dataset, data_dir,
+                                                         offline=offline)
     model_spec, training = _resolve(config, dataset)
+    training["dataset_fingerprint"] = dataset.fingerprint()  # analyze warns when it differs
+    if data_dir is not None:
+        training["data_dir"] = str(Path(data_dir).resolve())
     result = TrainResult(Checkpoint(model_spec, {}, training), path=str(out) if out else None)
 
     def emit(event: dict[str, Any]) -> None:
