@@ -35,3 +35,8 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'factcli' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """Tab completion lists the lazily imported verbs too."""
+    return sorted({*globals(), *_EXPORTS})

@@ -192,6 +192,9 @@ def test_best_alpha_recovers_a_planted_power():
     brute = max(grid.tolist(), key=lambda a: pearson(other, psd_power(agop, a)))
     assert best_alpha(other, spectrum, q) == pytest.approx(brute)
     assert math.isnan(best_alpha(nfm, spectrum[:1], q[:, :1]))  # rank 1: α not identifiable
+    from factcli.engine.relations import fit_alpha
+    alpha, r = fit_alpha(other, spectrum, q)  # the curve's best value is the brute-force one
+    assert r == pytest.approx(pearson(other, psd_power(agop, alpha)), abs=1e-10)
 
 
 def test_max_samples_is_a_seeded_recorded_subsample():

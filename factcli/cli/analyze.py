@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._app import command, err, warn
+from ._app import command, err, info, show_progress, warn
 from .render import emit
 
 Data = Annotated[Optional[str], typer.Option("--data", help="Dataset spec (default: the one the "
@@ -68,7 +68,7 @@ def model_overrides(arch: str | None, model: str | None) -> dict | None:
 
 def run_analysis(checkpoint: str, data, data_dir, arch, model, loss, weight_decay, alpha,
                  relations, layers, device, batch_size, max_samples, seed, dtype,
-                 trust_model_code=False):
+                 trust_model_code=False, offline=False):
     """Shared by `analyze` and `compare`: load, analyze with a progress bar, print warnings."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -78,13 +78,13 @@ def run_analysis(checkpoint: str, data, data_dir, arch, model, loss, weight_deca
     with checkpoint_source(checkpoint) as path, Progress(
             TextColumn("[bold]analyzing[/] {task.description}"), BarColumn(),
             TextColumn("{task.completed}/{task.total} samples"), TimeRemainingColumn(),
-            console=err, transient=True, disable=not err.is_terminal) as bar:
+            console=err, transient=True, disable=not show_progress()) as bar:
         task = bar.add_task(Path(checkpoint).name, total=None)
         result = analyze(path, data, loss=loss, weight_decay=weight_decay, alpha=alpha,
                          relations=split_list(relations), layers=split_list(layers),
                          device=device, batch_size=batch_size, max_samples=max_samples,
                          seed=seed, dtype=dtype, data_dir=data_dir, model=overrides,
-                         trust_model_code=trust_model_code,
+                         trust_model_code=trust_model_code, offline=offline or None,
                          progress=lambda done, total: bar.update(task, completed=done,
                                                                  total=total))
     result.info["checkpoint"] = checkpoint
@@ -112,30 +112,42 @@ def analyze_command(
     seed: Seed = 0,
     dtype: Dtype = None,
     trust_model_code: TrustCode = False,
-    format: Annotated[str, typer.Option("--format", "-f", help="table, jsonl, json or tsv.")]
+    format: Annotated[str, typer.Option("--format", "-f", help="table, jsonl, json, tsv or csv.")]
     = "table",
     metric: Annotated[str, typer.Option(help="Table metric: pearson, cosine or rel_err.")]
     = "pearson",
     report: Annotated[Optional[Path], typer.Option(help="Also write an HDF5 report here.")]
     = None,
-    matrices: Annotated[bool, typer.Option(help="Store the matrices in --report.")] = True,
+    matrices: Annotated[Optional[str], typer.Option(
+        help="Matrices stored in --report: a comma list of nfm, bnfm and relation names, "
+        "all or none (default: nfm,bnfm,fact,nfa).", show_default=False)] = None,
+    no_matrices: Annotated[bool, typer.Option(
+        "--no-matrices", help="Store no matrices (= --matrices none).")] = False,
+    matrix_dtype: Annotated[str, typer.Option(
+        help="Storage precision of the report's matrices: float32 or float64 (metrics are "
+        "always computed in float64).")] = "float32",
+    offline: Annotated[bool, typer.Option(
+        "--offline", help="Never download a dataset (also FACT_OFFLINE=1).")] = False,
 ) -> None:
     """FACT, bFACT, NFA, eNFA and variants for every layer, with their agreement with WᵀW/WWᵀ."""
-    from ..io.files import check_writable
-    from ..io.report import write_report
+    from ..errors import FactError
+    from ..io.files import check_writable, make_parent
+    from ..io.report import MATRIX_DTYPES, choose_matrices, write_report
     from .render import FORMATS
 
     if format not in FORMATS:
-        from ..errors import FactError
-
         raise FactError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
+    stored = () if no_matrices else choose_matrices(matrices)
+    if matrix_dtype not in MATRIX_DTYPES:
+        raise FactError(f"unknown --matrix-dtype {matrix_dtype!r}; choose float32 or float64")
     if report is not None:
+        make_parent(report)
         check_writable(report)
     result = run_analysis(checkpoint, data, data_dir, arch, model, loss, weight_decay, alpha,
                           relations, layers, device, batch_size, max_samples, seed, dtype,
-                          trust_model_code)
+                          trust_model_code, offline)
     if report is not None:
         write_report(report, result, command=shlex.join(["fact", *sys.argv[1:]]),
-                     matrices=matrices)
-        err.print(f"report written to {report}")
+                     matrices=stored, matrix_dtype=matrix_dtype)
+        info(f"report written to {report}")
     emit(result, format, metric)

@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from rich import box
-from rich.table import Table
 from rich.text import Text
 
 from ..errors import CheckFailed, FactError
@@ -36,7 +34,7 @@ from .analyze import (
     run_analysis,
     split_list,
 )
-from .render import agreement_style, number, stationarity_style
+from .render import Cell, Grid, agreement_style, legend, number, print_grid, stationarity_style
 
 if TYPE_CHECKING:
     from ..compare.comparison import Comparison, Source
@@ -225,42 +223,32 @@ def emit_comparison(result: Comparison, format: str, n_inputs: int) -> None:
     extra = [key for key in ("epoch", "train_loss") if several and any(
         row[key] is not None for row in rows)]
     title = f"{metric} of each relation with WᵀW (forward) or WWᵀ (backward, b…)"
-    out.print(title if several else f"{rows[0]['input']}: {title}", style="italic",
-              highlight=False, markup=False)
-    table = Table(header_style="bold", box=box.SIMPLE_HEAD, collapse_padding=True,
-                  pad_edge=False)
-    columns = (["input"] if several else []) + extra + ["layer", "station."]
-    for name in columns:
-        table.add_column(name, no_wrap=True, justify="left" if name in ("input", "layer")
-                         else "right")
-    for relation in result.relations:
-        table.add_column(relation, justify="right", no_wrap=True, min_width=len(relation))
-    previous = None
-    for row in rows:
-        if several and previous is not None and row["input"] != previous:
-            table.rows[-1].end_section = True
-        previous = row["input"]
+    lead = (["input"] if several else []) + extra + ["layer"]
+    grid = Grid(title if several else f"{rows[0]['input']}: {title}",
+                [*lead, "station.", *result.relations], [], keep=len(lead))
+    for index, row in enumerate(rows):
+        if several and index and row["input"] != rows[index - 1]["input"]:
+            grid.sections.add(index - 1)
         marked = {row.get("best_forward"), row.get("best_backward")}
-        cells = [Text(number(row[r]), style=agreement_style(row[r], metric)
-                      + (" bold reverse" if r in marked else "")) for r in result.relations]
-        lead = ([row["input"]] if several else []) + [
+        cells = [Cell(number(row[r]), agreement_style(row[r], metric), r in marked)
+                 for r in result.relations]
+        first = ([row["input"]] if several else []) + [
             number(row[key]) if key == "train_loss" else "–" if row[key] is None
             else str(row[key]) for key in extra]
-        table.add_row(*lead, row["layer"], Text(number(row["stationarity"], 2),
-                      style=stationarity_style(row["stationarity"])), *cells)
+        grid.add(*first, row["layer"], Cell(number(row["stationarity"], 2),
+                                            stationarity_style(row["stationarity"])), *cells)
     if result.trends:
-        table.rows[-1].end_section = True
+        grid.sections.add(len(grid.rows) - 1)
         for layer, series in result.trends.items():
-            table.add_row(*([Text("trend", style="dim")] + [""] * len(extra)), layer, "",
-                          *[Text(sparkline(series[r]), style="cyan")
-                            for r in result.relations])
-    out.print(table)
+            grid.add(*([Cell("trend", "dim")] + [""] * (len(lead) - 2)), layer, "",
+                     *[Cell(sparkline(series[r]), "cyan") for r in result.relations])
+    print_grid(grid)
     order = "ordered by training epoch" if "epoch" in extra and all(
         row["epoch"] is not None for row in rows) else "in input order"
-    notes = ["best per layer (forward and backward) highlighted"]
+    notes = [legend(metric, "best per layer, forward and backward")]
     if several:
         notes.append(f"inputs {order}; trend = each relation over the inputs, own scale")
-    out.print(Text(" · ".join(notes), style="dim"))
+    out.print(Text(" · ".join(notes), style="dim"), soft_wrap=not out.is_terminal)
 
 
 def emit_features(rows: list[dict[str, Any]], format: str) -> None:
@@ -268,25 +256,21 @@ def emit_features(rows: list[dict[str, Any]], format: str) -> None:
         write_rows([{**row, "angles": row["angles"] if format == "jsonl"
                      else " ".join(f"{a:g}" for a in row["angles"])} for row in rows], format)
         return
-    out.print(f"{rows[0]['matrix']} of each input vs {rows[0]['reference']}", style="italic",
-              highlight=False, markup=False)
-    table = Table(header_style="bold", box=box.SIMPLE_HEAD, collapse_padding=True,
-                  pad_edge=False)
-    for name in ("input", "layer", "pearson", "cosine", "rank", "overlap", "angles (°)"):
-        table.add_column(name, no_wrap=name != "angles (°)",
-                         justify="left" if name in ("input", "layer", "angles (°)") else "right")
+    grid = Grid(f"{rows[0]['matrix']} of each input vs {rows[0]['reference']}",
+                ["input", "layer", "pearson", "cosine", "rank", "overlap", "angles (°)"], [],
+                keep=2, left=frozenset({"input", "layer", "angles (°)"}),
+                wrap=frozenset({"angles (°)"}))
     for row in rows:
-        angles = " ".join(f"{a:.1f}" for a in row["angles"][:8]) + (
-            " …" if len(row["angles"]) > 8 else "")
-        table.add_row(row["input"], row["layer"],
-                      Text(number(row["pearson"]), style=agreement_style(row["pearson"],
-                                                                        "pearson")),
-                      Text(number(row["cosine"]), style=agreement_style(row["cosine"], "cosine")),
-                      str(row["rank"]), Text(number(row["overlap"]), style=agreement_style(
-                          row["overlap"], "cosine")), angles)
-    out.print(table)
+        grid.add(row["input"], row["layer"],
+                 Cell(number(row["pearson"]), agreement_style(row["pearson"], "pearson")),
+                 Cell(number(row["cosine"]), agreement_style(row["cosine"], "cosine")),
+                 str(row["rank"]),
+                 Cell(number(row["overlap"]), agreement_style(row["overlap"], "cosine")),
+                 " ".join(f"{a:.1f}" for a in row["angles"]))
+    print_grid(grid)
     out.print(Text("overlap = mean cos² of the principal angles between the top-rank "
-                   "eigenspaces (1 = same subspace)", style="dim"))
+                   "eigenspaces (1 = same subspace); all angles listed", style="dim"),
+              soft_wrap=True)
 
 
 def write_rows(rows: list[dict[str, Any]], format: str) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ._app import command, err, out, warn, write_delimited, write_jsonl
+from ._app import command, err, info, out, show_progress, warn, write_delimited, write_jsonl
 
 FORMATS = ("table", "jsonl", "tsv")
 COLUMNS = ("iteration", "train_acc", "val_acc", "test_acc", "seconds", "train_mse", "val_mse",
@@ -50,6 +50,8 @@ def rfm_command(
                                                       "memory; default: automatic).")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Folder with downloaded datasets.")]
     = None,
+    offline: Annotated[bool, typer.Option(
+        "--offline", help="Never download a dataset (also FACT_OFFLINE=1).")] = False,
     format: Annotated[str, typer.Option("--format", "-f", help="table, jsonl or tsv.")] = "table",
     report: Annotated[Path | None, typer.Option(help="Write M per iteration and the metrics "
                                                    "to this HDF5 report.")] = None,
@@ -71,12 +73,12 @@ def rfm_command(
         if protocol:
             raise FactError("--report stores one run's matrices; it cannot go with --protocol")
         check_writable(report)
-    dataset = load_dataset(data, data_dir)
+    dataset = load_dataset(data, data_dir, offline=offline or None)
     task = "regression" if dataset.n_classes is None else "classification"
     test = (dataset.x_test, dataset.y_test) if dataset.x_test is not None else None
     progress = Progress(TextColumn("[bold]rfm[/] {task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                        console=err, transient=True, disable=not err.is_terminal)
+                        console=err, transient=True, disable=not show_progress())
 
     if protocol == "tabular":
         if test is None:
@@ -106,6 +108,9 @@ def rfm_command(
                   callback=lambda row: progress.update(bar, advance=1))
     for message in model.warnings_:
         warn(message)
+    if model.interrupted_:
+        info(f"interrupted: printing{' and saving' if report else ''} the "
+             f"{len(model.history_)} finished iteration(s)")
     rows = [{key: row.get(key) for key in COLUMNS} | {"best": row["iteration"] ==
                                                       model.best_iteration_}
             for row in model.history_]
@@ -119,8 +124,10 @@ def rfm_command(
                     "n_train": len(model.X_train_),
                     "n_val": dataset.n_train - len(model.X_train_)}
         _write_report(report, model, settings)
-        err.print(f"report written to {report}")
+        info(f"report written to {report}")
     _emit(rows, format, _iteration_table, f"{data} · {update} · {kernel}")
+    if model.interrupted_:
+        raise typer.Exit(130)
 
 
 def _emit(rows: list[dict[str, Any]], format: str, table, title: str) -> None:
@@ -129,7 +136,7 @@ def _emit(rows: list[dict[str, Any]], format: str, table, title: str) -> None:
     elif format == "tsv":
         write_delimited(rows, "\t")
     else:
-        out.print(table(rows, title))
+        table(rows, title)
 
 
 def _cell(row: dict[str, Any], split: str) -> str:
@@ -139,39 +146,32 @@ def _cell(row: dict[str, Any], split: str) -> str:
     return "–" if mse is None or mse != mse else f"{mse:.4g}"
 
 
-def _new_table(title: str, columns: list[str]):
-    from rich import box
-    from rich.table import Table
+def _iteration_table(rows: list[dict[str, Any]], title: str) -> None:
+    from .render import Cell, Grid, print_grid
 
-    table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
-                  min_width=len(title))
-    for name in columns:
-        table.add_column(name, justify="left" if name == "method" else "right", no_wrap=True)
-    return table
-
-
-def _iteration_table(rows: list[dict[str, Any]], title: str):
     classification = rows[0]["train_acc"] is not None
-    table = _new_table(title, ["iter", f"train {'acc' if classification else 'mse'}", "val",
-                               "test", "max entry", "seconds"])
+    grid = Grid(title, ["iter", f"train {'acc' if classification else 'mse'}", "val", "test",
+                        "max entry", "seconds"], [], left=frozenset())
     for row in rows:
         largest = "–" if row["max_entry"] is None else f"{row['max_entry']:.3g}"
-        table.add_row(f"{row['iteration']}{' *' if row['best'] else ''}", _cell(row, "train"),
-                      _cell(row, "val"), _cell(row, "test"), largest, f"{row['seconds']:.2f}",
-                      style="bold" if row["best"] else None)
-    table.caption = "* kept: best on validation"
-    table.caption_justify = "left"
-    return table
+        grid.add(Cell(str(row["iteration"]), "bold" if row["best"] else "", row["best"]),
+                 _cell(row, "train"), _cell(row, "val"), _cell(row, "test"), largest,
+                 f"{row['seconds']:.2f}")
+    print_grid(grid)
+    out.print("* kept: best on validation" if not out.is_terminal else
+              "reverse video: kept, best on validation", style="dim", highlight=False)
 
 
-def _protocol_table(rows: list[dict[str, Any]], title: str):
-    table = _new_table(f"{title} · tabular protocol", ["method", "ridge", "row norm", "iter",
-                                                        "val", "test", "seconds"])
+def _protocol_table(rows: list[dict[str, Any]], title: str) -> None:
+    from .render import Grid, print_grid
+
+    grid = Grid(f"{title} · tabular protocol", ["method", "ridge", "row norm", "iter", "val",
+                                                 "test", "seconds"], [])
     for row in rows:
         seconds = "–" if row["seconds"] is None else f"{row['seconds']:.2f}"
-        table.add_row(row["method"], f"{row['ridge']:g}", "yes" if row["row_norm"] else "no",
-                      str(row["iteration"]), _cell(row, "val"), _cell(row, "test"), seconds)
-    return table
+        grid.add(row["method"], f"{row['ridge']:g}", "yes" if row["row_norm"] else "no",
+                 str(row["iteration"]), _cell(row, "val"), _cell(row, "test"), seconds)
+    print_grid(grid)
 
 
 def _write_report(path: Path, model, settings: dict[str, Any]) -> None:

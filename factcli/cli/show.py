@@ -7,13 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from rich import box
-from rich.table import Table
 from rich.text import Text
 
 from ..errors import FactError
 from ._app import command, err, out, write_delimited, write_jsonl
-from .render import FORMATS, number
+from .render import FORMATS, Grid, number, print_grid
 
 if TYPE_CHECKING:
     from ..engine.results import Analysis
@@ -109,16 +107,13 @@ def show_history(path: Path, info: dict[str, Any], format: str) -> None:
     elif format == "tsv":
         write_delimited(rows, "\t")
     else:
-        table = Table(title=f"RFM on {info.get('dataset')}: one row per iteration",
-                      title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
-                      collapse_padding=True, pad_edge=False)
         columns = list(dict.fromkeys(key for row in rows for key in row))
-        for column in columns:
-            table.add_column(column, justify="right", no_wrap=True)
+        grid = Grid(f"RFM on {info.get('dataset')}: one row per iteration", columns, [],
+                    left=frozenset())
         for row in rows:
-            table.add_row(*[number(v) if isinstance(v, float) else str(v)
-                            for v in (row.get(c) for c in columns)])
-        out.print(table)
+            grid.add(*[number(v) if isinstance(v, float) else str(v)
+                       for v in (row.get(c) for c in columns)])
+        print_grid(grid)
         out.print(Text("feature matrices: fact show REPORT --matrix iteration_<t> nfm",
                        style="dim"))
     sys.stdout.flush()

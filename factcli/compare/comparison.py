@@ -11,14 +11,14 @@ import fnmatch
 import math
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..engine.conventions import BACKWARD, FORWARD, METRIC_NAMES, RELATIONS
-from ..engine.metrics import cosine, pearson
 from ..engine.results import Analysis
 from ..errors import FactError
+
+if TYPE_CHECKING:  # torch is imported only where matrices are compared (reports stay light)
+    import torch
 
 ROW_FIELDS = ("stationarity", "epoch", "train_loss")
 FEATURE_FIELDS = ("pearson", "cosine", "overlap", "max_angle", "rank")
@@ -124,7 +124,7 @@ def select_layers(sources: list[Source], patterns: list[str] | None) -> list[Sou
 # Views (a) and (b): one row per (input, layer), one column per relation
 
 
-@dataclass
+@dataclass(repr=False)
 class Comparison:
     """Rows of one metric per (input, layer) and, for several inputs, each relation's series."""
 
@@ -132,6 +132,22 @@ class Comparison:
     relations: list[str]
     rows: list[dict[str, Any]]
     trends: dict[str, dict[str, list[float]]]  # layer → relation → values in input order
+
+    def to_pandas(self) -> Any:
+        """The rows as a DataFrame (needs pandas)."""
+        from ..engine.results import rows_frame
+
+        return rows_frame(self.rows)
+
+    def __repr__(self) -> str:
+        inputs = list(dict.fromkeys(row["input"] for row in self.rows))
+        return (f"Comparison({self.metric}; {len(inputs)} inputs, {len(self.rows)} rows; "
+                f"relations: {', '.join(self.relations)})")
+
+    def _repr_html_(self) -> str:
+        from ..engine.results import html_table
+
+        return html_table(self.rows, caption=repr(self))
 
 
 def compare(sources: list[Source], *, metric: str = "pearson",
@@ -234,18 +250,21 @@ def check_relations(names: Iterable[str]) -> None:
 
 def top_eigenspace(matrix: torch.Tensor, rank: int) -> torch.Tensor:
     """Orthonormal basis (k×rank) of the eigenvectors of the `rank` largest eigenvalues."""
+    import torch
     _, vectors = torch.linalg.eigh(_sym(matrix.double()))
     return vectors[:, -rank:]
 
 
 def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Principal angles (degrees, ascending) between the column spans of orthonormal a and b."""
+    import torch
     cosines = torch.linalg.svdvals(a.mT @ b).clamp(0.0, 1.0)
     return torch.rad2deg(torch.arccos(cosines))
 
 
 def energy_rank(matrix: torch.Tensor, energy: float = ENERGY) -> int:
     """The fewest top eigenvalues holding `energy` of the trace of a PSD matrix (at least 1)."""
+    import torch
     eigenvalues = torch.linalg.eigvalsh(_sym(matrix.double())).flip(0).clamp(min=0)
     total = float(eigenvalues.sum())
     if total <= 0:
@@ -260,6 +279,9 @@ def feature_agreement(reference: torch.Tensor, other: torch.Tensor, rank: int | 
     The overlap is the mean squared cosine of the principal angles (1: same subspace, about
     rank/k for unrelated ones). Without `rank`, the reference's 90 %-of-trace rank is used.
     """
+    import torch
+
+    from ..engine.metrics import cosine, pearson
     if reference.shape != other.shape:
         raise FactError(f"feature matrices of shapes {tuple(reference.shape)} and "
                         f"{tuple(other.shape)} cannot be compared")

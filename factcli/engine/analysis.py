@@ -203,7 +203,7 @@ def _layer_result(name: str, W: torch.Tensor, sums: LayerSums, weight_decay: flo
             values["rel_err"] = math.nan
         metrics[relation] = values
     return LayerResult(name, W.shape[1], W.shape[0], rel.stationarity(W, sums, weight_decay),
-                       matrices, metrics, fitted)
+                       matrices, metrics, *fitted)
 
 
 def _fingerprint_warnings(data: Dataset, training: dict[str, Any]) -> list[str]:

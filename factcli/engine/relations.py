@@ -18,7 +18,8 @@ from .conventions import AGOP_FAMILY, BACKWARD, FACT_FAMILY, FORWARD, RELATIONS
 from .linalg import psd_power, sqrt_outer
 from .sums import LayerSums
 
-__all__ = ["BACKWARD", "FACT_FAMILY", "FORWARD", "RELATIONS", "compute", "best_alpha"]
+__all__ = ["BACKWARD", "FACT_FAMILY", "FORWARD", "RELATIONS", "compute", "best_alpha",
+           "fit_alpha"]
 
 
 def reference(relation: str) -> str:
@@ -86,7 +87,7 @@ def compute(W: torch.Tensor, sums: LayerSums, weight_decay: float | None, alpha:
         return cache[name]
 
     matrices = {name: get(name) for name in ("nfm", "bnfm", *names)}
-    fitted = best_alpha(matrices["nfm"], *spectrum()) if needs_agop(names) else math.nan
+    fitted = fit_alpha(matrices["nfm"], *spectrum()) if needs_agop(names) else (math.nan,) * 2
     return matrices, fitted
 
 
@@ -115,7 +116,14 @@ def _sym(matrix: torch.Tensor) -> torch.Tensor:
 
 def best_alpha(feature: torch.Tensor, eigenvalues: torch.Tensor, eigenvectors: torch.Tensor,
                grid: torch.Tensor | None = None) -> float:
-    """The power α maximizing pearson(NFM, AGOP^α) on a grid (default 0.01 … 2.00).
+    """The power α maximizing pearson(NFM, AGOP^α) on a grid (default 0.01 … 2.00)."""
+    return fit_alpha(feature, eigenvalues, eigenvectors, grid)[0]
+
+
+def fit_alpha(feature: torch.Tensor, eigenvalues: torch.Tensor, eigenvectors: torch.Tensor,
+              grid: torch.Tensor | None = None) -> tuple[float, float]:
+    """(α*, pearson at α*): the power α maximizing pearson(NFM, AGOP^α) on a grid (default
+    0.01 … 2.00), and that best correlation; (NaN, NaN) when α is not identifiable.
 
     From AGOP = V diag(d) Vᵀ (orthonormal V), every quantity the Pearson correlation needs is a
     weighted sum over the d_j^α, so the whole grid costs one pass over the spectrum.
@@ -124,7 +132,7 @@ def best_alpha(feature: torch.Tensor, eigenvalues: torch.Tensor, eigenvectors: t
     d, V = eigenvalues.double().clamp(min=0), eigenvectors.double()
     keep = d > d.max() * 1e-12 if d.numel() and d.max() > 0 else d > 0
     if keep.sum() < 2:  # AGOP of rank ≤ 1: every power has the same shape, α is not identifiable
-        return math.nan
+        return math.nan, math.nan
     d, V = d[keep], V[:, keep]
     A = feature.double()
     size = A.numel()
@@ -136,4 +144,5 @@ def best_alpha(feature: torch.Tensor, eigenvalues: torch.Tensor, eigenvectors: t
     var_a = (A * A).sum() - size * mean_a ** 2
     var_b = (powers ** 2).sum(dim=1) - size * mean_b ** 2
     score = cross / (var_a * var_b).clamp(min=1e-300).sqrt()
-    return float(grid[torch.argmax(score)])
+    best = int(torch.argmax(score))
+    return float(grid[best]), float(score[best].clamp(-1, 1))

@@ -1,18 +1,23 @@
-"""`factcli.report/1` HDF5 reports (interfaces.md §2): written atomically, read back exactly."""
+"""`factcli.report/1` HDF5 reports (interfaces.md §2): written atomically, read back exactly.
+
+Reading is free of torch until a matrix is used: `read_report` gives each layer a lazy mapping
+whose values are read (and made torch tensors) on access, so `fact show` stays fast.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import h5py
 import numpy as np
-import torch
 
 from .. import __version__
+from ..engine.conventions import BACKWARD, RELATIONS
 from ..engine.results import Analysis, LayerResult
 from ..errors import FactError
 from .files import atomic_path
@@ -22,11 +27,61 @@ FORMAT = "factcli.report/1"
 _ATTRS = ("checkpoint", "checkpoint_sha256", "dataset", "n_samples", "loss", "weight_decay",
           "alpha", "device", "dtype", "torch_version")
 _JSON_ATTRS = ("model", "training", "relations", "warnings")
+DEFAULT_MATRICES = ("nfm", "bnfm", "fact", "nfa")
+MATRIX_DTYPES = ("float32", "float64")
+_METRIC_COLUMNS = ("pearson", "cosine", "rel_err", "stationarity", "best_alpha",
+                   "best_alpha_pearson")
+
+
+def choose_matrices(text: str | None) -> tuple[str, ...]:
+    """`--matrices`: a comma list of nfm, bnfm and relation names, `all` or `none`."""
+    if text is None:
+        return DEFAULT_MATRICES
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if names == ["none"]:
+        return ()
+    if names == ["all"]:
+        return ("nfm", "bnfm", *RELATIONS)
+    unknown = [name for name in names if name not in ("nfm", "bnfm", *RELATIONS)]
+    if unknown:
+        raise FactError(f"unknown matrix {', '.join(unknown)} in --matrices; choose from nfm, "
+                        f"bnfm, {', '.join(RELATIONS)}, or all / none")
+    return tuple(dict.fromkeys(names))
+
+
+def _matrix_attrs(name: str, alpha: Any) -> dict[str, Any]:
+    """What a stored matrix is: which Gram matrix it is compared with, what its axes index."""
+    backward = name == "bnfm" or name in BACKWARD
+    attrs: dict[str, Any] = {
+        "name": name,
+        "axes": "outputs × outputs (m×m)" if backward else "inputs × inputs (k×k)",
+        "reference": "" if name in ("nfm", "bnfm") else "bnfm" if backward else "nfm",
+        "definition": {"nfm": "WᵀW", "bnfm": "WWᵀ"}.get(name, f"relation {name}, "
+                                                           "docs/relations.md"),
+    }
+    if name in ("nfa", "bnfa"):
+        attrs["alpha"] = float(alpha) if alpha is not None else math.nan
+    return attrs
+
+
+def _text(values: list[str]) -> np.ndarray:
+    """Fixed-length UTF-8 strings: readable as plain byte strings by every HDF5 tool."""
+    encoded = [value.encode() for value in values]
+    return np.array(encoded, dtype=f"S{max([len(e) for e in encoded] + [1])}")
 
 
 def write_report(path: str | os.PathLike, analysis: Analysis, command: str = "",
-                 matrices: bool = True) -> None:
-    """Write `analysis` to `path` (temporary file + rename: an interrupted run loses nothing)."""
+                 matrices: bool | str | tuple[str, ...] = True,
+                 matrix_dtype: str = "float32") -> None:
+    """Write `analysis` to `path` (temporary file + rename: an interrupted run loses nothing).
+
+    `matrices`: which matrices to store (`choose_matrices`: default nfm, bnfm, fact, nfa;
+    True = the default, False = none); `matrix_dtype`: their storage precision (the metrics
+    were computed in float64 before storing)."""
+    if matrix_dtype not in MATRIX_DTYPES:
+        raise FactError(f"unknown matrix dtype {matrix_dtype!r}; choose float32 or float64")
+    chosen = (DEFAULT_MATRICES if matrices is True else () if matrices is False
+              else choose_matrices(matrices) if isinstance(matrices, str) else tuple(matrices))
     info = analysis.info
     with atomic_path(path) as temporary, h5py.File(temporary, "w") as handle:
         root = handle.attrs
@@ -44,24 +99,59 @@ def write_report(path: str | os.PathLike, analysis: Analysis, command: str = "",
             value = info.get(key)
             root[key] = math.nan if value is None else value
         root["weighted"] = bool(info.get("weighted", False))
+        root["matrices"] = ",".join(chosen)
+        root["matrix_dtype"] = matrix_dtype
         for key in _JSON_ATTRS:
             root[key] = json.dumps(info.get(key) if key != "warnings" else analysis.warnings)
-        table = [(layer.name, relation, values["pearson"], values["cosine"], values["rel_err"])
-                 for layer in analysis.layers for relation, values in layer.metrics.items()]
-        text = h5py.string_dtype()
-        row_type = np.dtype([("layer", text), ("relation", text), ("pearson", "f8"),
-                             ("cosine", "f8"), ("rel_err", "f8")])
-        handle.create_dataset("metrics", data=np.array(table, dtype=row_type))
+        pairs = [(layer, relation) for layer in analysis.layers for relation in layer.metrics]
+        row_type = np.dtype(
+            [("layer", _text([layer.name for layer, _ in pairs]).dtype),
+             ("relation", _text([r for _, r in pairs]).dtype)]
+            + [(key, "f8") for key in _METRIC_COLUMNS]
+            + [("in_features", "i8"), ("out_features", "i8")])
+        table = np.array([(layer.name.encode(), relation.encode(),
+                           *[layer.metrics[relation][k] for k in ("pearson", "cosine", "rel_err")],
+                           layer.stationarity, layer.best_alpha, layer.best_alpha_pearson,
+                           layer.in_features, layer.out_features) for layer, relation in pairs],
+                         dtype=row_type)
+        metrics = handle.create_dataset("metrics", data=table)
+        metrics.attrs["description"] = ("one row per (layer, relation); strings are "
+                                        "fixed-length UTF-8; NaN = not defined")
         layers = handle.create_group("layers", track_order=True)
         for layer in analysis.layers:
             group = layers.create_group(layer.name)
             group.attrs.update(name=layer.name, in_features=layer.in_features,
                                out_features=layer.out_features, kind=layer.kind,
-                               stationarity=layer.stationarity, best_alpha=layer.best_alpha)
-            if matrices:
-                for name, matrix in layer.matrices.items():
-                    group.create_dataset(name, data=matrix.numpy(), compression="gzip",
-                                         shuffle=True)
+                               stationarity=layer.stationarity, best_alpha=layer.best_alpha,
+                               best_alpha_pearson=layer.best_alpha_pearson)
+            for name in chosen:
+                if name not in layer.matrices:
+                    continue
+                data = layer.matrices[name].numpy().astype(matrix_dtype)
+                stored = group.create_dataset(name, data=data, compression="gzip", shuffle=True)
+                stored.attrs.update(_matrix_attrs(name, info.get("alpha")))
+
+
+class _Matrices(Mapping):
+    """A layer's stored matrices, read from the file (as float64 torch tensors) on access."""
+
+    def __init__(self, path: str | os.PathLike, group: str, names: list[str]):
+        self.path, self.group, self.names = path, group, names
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.names:
+            raise KeyError(name)
+        import torch
+
+        with h5py.File(self.path, "r") as handle:
+            data = handle["layers"][self.group][name][()]
+        return torch.from_numpy(np.asarray(data, dtype=np.float64))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 def _plain(value: Any) -> Any:
@@ -94,7 +184,7 @@ def read_report(path: str | os.PathLike) -> Analysis:
         if isinstance(info.get("weight_decay"), float) and math.isnan(info["weight_decay"]):
             info["weight_decay"] = None
         metrics: dict[str, dict[str, dict[str, float]]] = {}
-        if "metrics" in handle:
+        if "metrics" in handle:  # string columns: variable-length (older files) or fixed
             for row in handle["metrics"][()]:
                 layer, relation = _plain(row["layer"]), _plain(row["relation"])
                 metrics.setdefault(layer, {})[relation] = {
@@ -113,7 +203,9 @@ def read_report(path: str | os.PathLike) -> Analysis:
                 name=a.get("name", key), in_features=int(a["in_features"]),
                 out_features=int(a["out_features"]),
                 stationarity=float(a.get("stationarity", math.nan)),
-                matrices={name: torch.from_numpy(ds[()]) for name, ds in group.items()},
+                matrices=_Matrices(path, key, list(group)),
                 metrics=metrics.get(a.get("name", key), {}),
-                best_alpha=float(a.get("best_alpha", math.nan)), kind=a.get("kind", "linear")))
+                best_alpha=float(a.get("best_alpha", math.nan)),
+                best_alpha_pearson=float(a.get("best_alpha_pearson", math.nan)),
+                kind=a.get("kind", "linear")))
     return Analysis(layers, info, list(info.get("warnings", [])))

@@ -240,39 +240,75 @@ class RFM:
         M = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
         self.history_, self.matrices_, self.warnings_ = [], [], []
         self.X_train_ = x
+        self.interrupted_ = False
         best_key = None
-        for t in range(self.iters + 1):
-            start = time.perf_counter()
-            K = kernel.matrix(x, x, M)
-            alpha, jitter = kernels.solve(K, target, self.ridge)
-            if jitter:
-                self.warnings_.append(f"iteration {t}: kernel matrix + ridge not positive "
-                                      f"definite; added jitter {jitter:.3g} to its diagonal")
-            row: dict[str, Any] = {"iteration": t, **self._metrics("train", K @ alpha, target)}
-            del K
-            if x_val is not None:
-                row.update(self._metrics("val", self._predict(kernel, x_val, alpha, M),
-                                         target_val))
-            else:
-                row.update(val_acc=None, val_mse=None)
-            for name, (xs, ys) in extra.items():
-                row.update(self._metrics(name, self._predict(kernel, xs, alpha, M), ys))
-            key = self._score_key(row) if x_val is not None else (t,)
-            if best_key is None or key > best_key:
-                best_key, self.best_iteration_, self.M_, self.alpha_ = key, t, M, alpha
-            self.matrices_.append(M.cpu())
-            row.update(max_entry=None, jitter=jitter)
-            failure = None
-            if t < self.iters:
-                M, row["max_entry"], failure = self._next(kernel, x, alpha, M)
-            row["seconds"] = time.perf_counter() - start
-            self.history_.append(row)
-            if callback:
-                callback(row)
-            if failure:
-                self.warnings_.append(f"iteration {t}: {failure}; stopped early")
-                break
+        try:
+            for t in range(self.iters + 1):
+                M, best_key, failure = self._iteration(t, kernel, x, target, x_val,
+                                                       target_val, extra, M, best_key, callback)
+                if failure:
+                    self.warnings_.append(f"iteration {t}: {failure}; stopped early")
+                    break
+        except KeyboardInterrupt:
+            if not self.history_:
+                raise
+            self.interrupted_ = True  # the finished iterations stay usable
+            self.warnings_.append(f"interrupted: kept iterations 0..{len(self.history_) - 1}")
         return self
+
+    def _iteration(self, t: int, kernel: kernels.Kernel, x: torch.Tensor, target: torch.Tensor,
+                   x_val: torch.Tensor | None, target_val: torch.Tensor | None,
+                   extra: dict[str, tuple[torch.Tensor, torch.Tensor]], M: torch.Tensor,
+                   best_key: Any, callback: Callable[[dict[str, Any]], None] | None
+                   ) -> tuple[torch.Tensor, Any, str | None]:
+        """Iteration t with feature matrix M → (M_{t+1}, best key so far, failure). Its results
+        are recorded only once complete, so an interrupt leaves the earlier ones consistent."""
+        start = time.perf_counter()
+        K = kernel.matrix(x, x, M)
+        alpha, jitter = kernels.solve(K, target, self.ridge)
+        if jitter:
+            self.warnings_.append(f"iteration {t}: kernel matrix + ridge not positive "
+                                  f"definite; added jitter {jitter:.3g} to its diagonal")
+        row: dict[str, Any] = {"iteration": t, **self._metrics("train", K @ alpha, target)}
+        del K
+        if x_val is not None:
+            row.update(self._metrics("val", self._predict(kernel, x_val, alpha, M), target_val))
+        else:
+            row.update(val_acc=None, val_mse=None)
+        for name, (xs, ys) in extra.items():
+            row.update(self._metrics(name, self._predict(kernel, xs, alpha, M), ys))
+        key = self._score_key(row) if x_val is not None else (t,)
+        row.update(max_entry=None, jitter=jitter)
+        failure, updated = None, M
+        if t < self.iters:
+            updated, row["max_entry"], failure = self._next(kernel, x, alpha, M)
+        row["seconds"] = time.perf_counter() - start
+        self.matrices_.append(M.cpu())
+        self.history_.append(row)
+        if best_key is None or key > best_key:
+            best_key, self.best_iteration_, self.M_, self.alpha_ = key, t, M, alpha
+        if callback:
+            callback(row)
+        return updated, best_key, failure
+
+    def to_pandas(self) -> Any:
+        """The per-iteration history as a DataFrame (needs pandas)."""
+        from ..engine.results import rows_frame
+
+        return rows_frame(self.history_)
+
+    def __repr__(self) -> str:
+        state = (f"fitted: {len(self.history_)} iterations, best {self.best_iteration_}"
+                 + (", interrupted" if self.interrupted_ else "")
+                 if getattr(self, "history_", None) else "not fitted")
+        return (f"RFM(update={self.update!r}, kernel={self.kernel!r}, "
+                f"bandwidth={self.bandwidth:g}, ridge={self.ridge:g}, iters={self.iters}; "
+                f"{state})")
+
+    def _repr_html_(self) -> str:
+        from ..engine.results import html_table
+
+        return html_table(getattr(self, "history_", []), caption=repr(self))
 
     def _next(self, kernel: kernels.Kernel, x: torch.Tensor, alpha: torch.Tensor,
               M: torch.Tensor) -> tuple[torch.Tensor, float | None, str | None]:

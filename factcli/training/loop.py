@@ -375,6 +375,11 @@ def train(
             result.elapsed_s = time.perf_counter() - started
             return result
 
+    earlier = float(training.get("time_s") or 0.0)  # a resumed run adds to its stored time
+
+    def clock() -> float:
+        return earlier + time.perf_counter() - started
+
     d = FullData(dataset, config.loss, run_device, dtype)
     epochs = training["epochs"]
     eval_every = eval_every or max(1, epochs // 100)
@@ -397,7 +402,7 @@ def train(
 
     def save(epoch: int, finished: bool, stopped: str | None = None) -> None:
         nonlocal saved_epoch, last_save
-        training.update(epoch=epoch, finished=finished, stopped=stopped)
+        training.update(epoch=epoch, finished=finished, stopped=stopped, time_s=clock())
         if out_path is None:
             return
         _write(out_path, model_spec, _model_state(model), dict(training), resume_state(epoch))
@@ -520,12 +525,13 @@ def train(
                                   "kept": kept, "stationarity_after": finite_or_none(after)}
             result.polish_history = polish_info["history"]
             if out_path is not None:
+                training["time_s"] = clock()
                 _write(out_path, model_spec, _model_state(model), dict(training), None)
                 emit({"event": "saved", "path": str(out_path), "epoch": epoch})
-    training["time_s"] = time.perf_counter() - started
+    training["time_s"] = clock()
     result.checkpoint = Checkpoint(model_spec, _model_state(model), dict(training),
                                    str(out) if out else None)
-    result.elapsed_s = training["time_s"]
+    result.elapsed_s = time.perf_counter() - started
     emit({"event": "done", "training": dict(training)})
     return result
 
