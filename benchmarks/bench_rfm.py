@@ -109,13 +109,16 @@ def run(name, arrays, dtype, repeats):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", help="comma-separated names (sklearn:NAME or keel:NAME); "
-                        "default: all")
+    parser.add_argument("--sets", help="comma-separated names (sklearn:NAME, keel:NAME, or a "
+                        "bare NAME: scikit-learn's when it ships one); default: all")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                         help="factcli's dtype (xrfm always runs in float32)")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=3, help="timed fits; the fastest counts")
+    parser.add_argument("--repeats", type=int, default=3, help="timed fits (at least 1); the "
+                        "fastest counts")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     names = ([f"sklearn:{n}" for n in SKLEARN] + [f"keel:{n}" for n in KEEL]
@@ -125,7 +128,8 @@ def main() -> None:
           f"{' | '.join(f'{m} s' for m in METHODS)} |")
     print("|---" * (4 + 2 * len(METHODS)) + "|")
     for name in names:
-        source, _, short = name.partition(":")
+        source, _, short = name.rpartition(":")  # a bare name: scikit-learn's if it ships it
+        source = source or ("sklearn" if short in SKLEARN else "keel")
         arrays = sklearn_set(short) if source == "sklearn" else keel_set(short)
         row = run(name, arrays, args.dtype, args.repeats)
         rows.append(row)

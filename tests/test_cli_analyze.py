@@ -23,7 +23,8 @@ def test_jsonl_rows_follow_the_interface(tmp_path):
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 3 * 12
     assert set(rows[0]) == {"checkpoint", "layer", "relation", "pearson", "cosine", "rel_err",
-                            "stationarity", "in_features", "out_features"}
+                            "stationarity", "in_features", "out_features", "best_alpha",
+                            "best_alpha_pearson"}
     assert rows[0]["checkpoint"] == str(ckpt) and rows[0]["layer"] == "0"
     assert {r["relation"] for r in rows if r["rel_err"] is None} == {
         "nfa", "agop", "enfa", "bnfa", "bagop", "benfa"}
@@ -41,7 +42,8 @@ def test_table_goes_to_stdout_and_progress_to_stderr(tmp_path):
 def test_report_round_trip_keeps_everything(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "a.safetensors")
     report = tmp_path / "r.h5"
-    result = fact("analyze", ckpt, "--report", report, "--format", "tsv", "--layers", "0,4")
+    result = fact("analyze", ckpt, "--report", report, "--format", "tsv", "--layers", "0,4",
+                  "--matrices", "all")
     assert result.returncode == 0, result.stderr
     stored = read_report(report)
     assert [layer.name for layer in stored.layers] == ["0", "4"]

@@ -59,7 +59,8 @@ def work(tmp_path_factory) -> Path:
     (root / "runs").mkdir()
     tiny_checkpoint(root / "runs" / "a.pt")
     ridge_checkpoint(root / "runs" / "b.pt")
-    result = sh("fact analyze runs/a.pt --report r.h5 --format jsonl > direct.jsonl", root)
+    result = sh("fact analyze runs/a.pt --report r.h5 --matrix-dtype float64 --format jsonl "
+                "> direct.jsonl", root)
     assert result.returncode == 0, result.stderr
     return root
 
