@@ -171,6 +171,16 @@ def test_every_command_has_quiet_verbose_and_h():
     assert "--install-completion" in fact("-h").stdout
 
 
+def test_verbose_says_more_and_quiet_says_nothing(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "a.pt")
+    report = tmp_path / "sub" / "r.h5"
+    loud = fact("analyze", ckpt, "-v", "-f", "jsonl", "--report", report)
+    assert loud.returncode == 0 and "3 layers on 40 samples" in loud.stderr, loud.stderr
+    assert "report written" in loud.stderr and report.is_file()  # --report made its folder
+    quiet = fact("analyze", ckpt, "-q", "-f", "jsonl", "--report", report)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
 def test_notebook_api(report):
     import factcli
 

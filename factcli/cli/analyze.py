@@ -5,13 +5,14 @@ from __future__ import annotations
 import shlex
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ._app import command, err, info, show_progress, warn
+from ._app import command, detail, err, info, show_progress, warn
 from .render import emit
 
 Data = Annotated[Optional[str], typer.Option("--data", help="Dataset spec (default: the one the "
@@ -75,6 +76,7 @@ def run_analysis(checkpoint: str, data, data_dir, arch, model, loss, weight_deca
     from ..engine.analysis import analyze
 
     overrides = model_overrides(arch, model)
+    started = time.perf_counter()
     with checkpoint_source(checkpoint) as path, Progress(
             TextColumn("[bold]analyzing[/] {task.description}"), BarColumn(),
             TextColumn("{task.completed}/{task.total} samples"), TimeRemainingColumn(),
@@ -88,6 +90,9 @@ def run_analysis(checkpoint: str, data, data_dir, arch, model, loss, weight_deca
                          progress=lambda done, total: bar.update(task, completed=done,
                                                                  total=total))
     result.info["checkpoint"] = checkpoint
+    detail(f"{checkpoint}: {len(result.layers)} layers on {result.info.get('n_samples')} samples "
+           f"of {result.info.get('dataset')} ({result.info.get('dtype')} on "
+           f"{result.info.get('device')}) in {time.perf_counter() - started:.2f} s")
     for message in result.warnings:
         warn(message)
     return result
