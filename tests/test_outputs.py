@@ -209,3 +209,62 @@ def test_rfm_interrupted_keeps_finished_iterations():
     assert model.interrupted_ and [row["iteration"] for row in model.history_] == [0, 1]
     assert len(model.matrices_) == 2 and model.best_iteration_ in (0, 1)
     assert "interrupted" in repr(model) and len(model.to_pandas()) == 2
+
+
+def test_fact_rfm_on_ctrl_c_prints_and_saves_the_finished_iterations(tmp_path, monkeypatch):
+    from helpers import fact_inprocess
+
+    from factcli.rfm import kernels
+
+    solve, calls = kernels.solve, []
+
+    def interrupted_third_solve(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # Ctrl-C during iteration 2
+            raise KeyboardInterrupt
+        return solve(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "solve", interrupted_third_solve)
+    report = tmp_path / "rfm.h5"
+    result = fact_inprocess("rfm", "--data", "parity:d=6,k=2,n=120,n_test=40", "--iters", "5",
+                            "-f", "jsonl", "--report", report)
+    assert result.exit_code == 130, result.output
+    assert [json.loads(line)["iteration"] for line in result.stdout.splitlines()] == [0, 1]
+    assert "interrupted" in result.stderr
+    with h5py.File(report) as handle:
+        assert list(handle["layers"]) == ["iteration_0", "iteration_1"]
+
+
+def test_old_reports_still_read(tmp_path):
+    """A factcli.report/1 file as 0.1 wrote it: variable-length strings, three metrics."""
+    path = tmp_path / "old.h5"
+    text = h5py.string_dtype()
+    with h5py.File(path, "w") as handle:
+        handle.attrs.update(format="factcli.report/1", dataset="parity", loss="mse",
+                            weight_decay=1e-3, alpha=0.5, warnings="[]")
+        row = np.dtype([("layer", text), ("relation", text), ("pearson", "f8"),
+                        ("cosine", "f8"), ("rel_err", "f8")])
+        handle.create_dataset("metrics", data=np.array([("0", "fact", 0.9, 0.95, 0.1)], row))
+        group = handle.create_group("layers/0")
+        group.attrs.update(name="0", in_features=3, out_features=2, kind="linear",
+                           stationarity=0.01, best_alpha=0.5)
+        group.create_dataset("nfm", data=np.eye(3))
+    analysis = read_report(path)
+    assert analysis.rows()[0]["pearson"] == 0.9 and math.isnan(analysis.rows()[0][
+        "best_alpha_pearson"])
+    assert analysis.layer("0").matrices["nfm"].shape == (3, 3)
+
+
+def test_comparison_and_data_list_in_notebooks_and_shells(report):
+    from factcli.compare import comparison as cmp
+
+    path, rows = report
+    compared = cmp.compare([cmp.from_analysis(read_report(path), "r.h5")])
+    assert len(compared.to_pandas()) == 3 and repr(compared).startswith("Comparison(pearson")
+    assert "<table>" in compared._repr_html_()
+    listed = fact("data", "list", "-f", "jsonl")
+    sets = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [s["name"] for s in sets] == ["mnist", "fashion-mnist", "cifar10", "cifar100"]
+    assert not any(s["cached"] for s in sets)
+    unknown = fact("data", "fetch", "imagenet")
+    assert unknown.returncode == 2 and "downloadable sets: mnist" in unknown.stderr
