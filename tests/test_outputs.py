@@ -262,6 +262,12 @@ def test_comparison_and_data_list_in_notebooks_and_shells(report):
     compared = cmp.compare([cmp.from_analysis(read_report(path), "r.h5")])
     assert len(compared.to_pandas()) == 3 and repr(compared).startswith("Comparison(pearson")
     assert "<table>" in compared._repr_html_()
+    table, lines = fact("compare", path), fact("compare", path, "-f", "jsonl")
+    cells = parse_tables(table.stdout)
+    for row in map(json.loads, lines.stdout.splitlines()):  # a file: every number, no "…"
+        for relation in compared.relations:
+            assert cells[(row["layer"], relation)].rstrip("*") == number(row[relation])
+    assert "…" not in table.stdout.replace("(backward, b…)", "")
     listed = fact("data", "list", "-f", "jsonl")
     sets = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [s["name"] for s in sets] == ["mnist", "fashion-mnist", "cifar10", "cifar100"]

@@ -61,4 +61,4 @@ def list_command(
     for row in rows:
         state = "cached" if row["cached"] else "not downloaded"
         out.print(f"{row['name']}: {state} · {row['folder']} · from {', '.join(row['mirrors'])}",
-                  markup=False, highlight=False, soft_wrap=True)
+                  markup=False, highlight=False, soft_wrap=not out.is_terminal)
