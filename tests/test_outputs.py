@@ -81,6 +81,8 @@ def test_machine_formats_carry_alpha_star(report, tmp_path):
         assert {"best_alpha", "best_alpha_pearson"} <= set(header)
     document = json.loads(fact("show", path, "-f", "json").stdout)
     assert document["rows"] == rows
+    matrix = fact("show", path, "--matrix", "0", "nfm", "-f", "csv").stdout
+    assert np.loadtxt(matrix.splitlines(), delimiter=",").shape == (4, 4)
 
 
 def test_report_metrics_are_plain_tables_and_matrices_say_what_they_are(report):

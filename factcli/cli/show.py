@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def show_command(
     report: Annotated[Path, typer.Argument(help="An HDF5 report (fact analyze --report, "
                                            "fact rfm).", show_default=False)],
-    format: Annotated[str, typer.Option("--format", "-f", help="table, jsonl, json or tsv.")]
+    format: Annotated[str, typer.Option("--format", "-f", help="table, jsonl, json, tsv or csv.")]
     = "table",
     metric: Annotated[str, typer.Option(help="Table metric: pearson, cosine or rel_err.")]
     = "pearson",
@@ -75,10 +75,11 @@ def show_matrix(analysis: Analysis, layer_name: str, name: str, format: str,
     elif format == "table":
         out.print(f"{name} of layer {layer_name} ({values.shape[0]}×{values.shape[1]})",
                   style="dim", highlight=False)
-        out.print(np.array2string(values, precision=4, suppress_small=True,
-                                  max_line_width=out.width), markup=False, highlight=False)
-    elif format == "tsv":
-        np.savetxt(sys.stdout, values, fmt="%.17g", delimiter="\t")
+        out.print(np.array2string(values, precision=4, suppress_small=True,  # every entry
+                                  max_line_width=out.width, threshold=values.size + 1),
+                  markup=False, highlight=False)
+    elif format in ("tsv", "csv"):
+        np.savetxt(sys.stdout, values, fmt="%.17g", delimiter="\t" if format == "tsv" else ",")
     else:  # one JSON array per row, or the whole matrix as one document
         rows = values.tolist()
         write_jsonl(rows if format == "jsonl" else [{"layer": layer_name, "name": name,
@@ -104,8 +105,8 @@ def show_history(path: Path, info: dict[str, Any], format: str) -> None:
         write_jsonl(rows)
     elif format == "json":
         write_jsonl([{"info": info, "history": rows}])
-    elif format == "tsv":
-        write_delimited(rows, "\t")
+    elif format in ("tsv", "csv"):
+        write_delimited(rows, "\t" if format == "tsv" else ",")
     else:
         columns = list(dict.fromkeys(key for row in rows for key in row))
         grid = Grid(f"RFM on {info.get('dataset')}: one row per iteration", columns, [],
