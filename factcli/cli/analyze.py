@@ -133,6 +133,9 @@ def analyze_command(
         "always computed in float64).")] = "float32",
     offline: Annotated[bool, typer.Option(
         "--offline", help="Never download a dataset (also FACT_OFFLINE=1).")] = False,
+    plot: Annotated[Optional[Path], typer.Option(
+        help="Also draw the per-layer agreement bars here (.png, .svg, .pdf; needs "
+             "factcli[plot]).")] = None,
 ) -> None:
     """FACT, bFACT, NFA, eNFA and variants for every layer, with their agreement with WᵀW/WWᵀ."""
     from ..errors import FactError
@@ -148,6 +151,10 @@ def analyze_command(
     if report is not None:
         make_parent(report)
         check_writable(report)
+    if plot is not None:
+        from ..plot import check_output
+
+        check_output(plot)
     result = run_analysis(checkpoint, data, data_dir, arch, model, loss, weight_decay, alpha,
                           relations, layers, device, batch_size, max_samples, seed, dtype,
                           trust_model_code, offline)
@@ -155,4 +162,8 @@ def analyze_command(
         write_report(report, result, command=shlex.join(["fact", *sys.argv[1:]]),
                      matrices=stored, matrix_dtype=matrix_dtype)
         info(f"report written to {report}")
+    if plot is not None:
+        from .plot import plot_to
+
+        plot_to(plot, [result], metric)
     emit(result, format, metric)

@@ -82,6 +82,9 @@ def compare_command(
     seed: Seed = 0,
     dtype: Dtype = None,
     trust_model_code: TrustCode = False,
+    plot: Annotated[Optional[Path], typer.Option(
+        help="Also draw the comparison here (.png, .svg, .pdf; needs factcli[plot]): bars for "
+             "one input, agreement over epochs for several.")] = None,
 ) -> None:
     """Compare relations per layer, runs and training snapshots, or the features they learned.
 
@@ -101,6 +104,12 @@ def compare_command(
     if sort:
         cmp.check_sort(sort, cmp.FEATURE_SORT_KEYS if features
                        else [*cmp.SORT_KEYS, *(wanted or cmp.RELATIONS)])
+    if plot is not None:
+        if features:
+            raise FactError("--plot draws the relations view; it cannot go with --features")
+        from ..plot import check_output
+
+        check_output(plot)
     names = cmp.FEATURE_FIELDS if features else cmp.relation_names()
     requirements = [parse_requirement(text, names) for text in require or []]
 
@@ -132,6 +141,10 @@ def compare_command(
                    for layer in s.layers]
         show = partial(emit_comparison, result, format, len(sources))
     failed = violations(requirements, checked)  # bad input fails before any output
+    if plot is not None:
+        from .plot import plot_to
+
+        plot_to(plot, cmp.in_order(sources), metric, wanted)
     show()
     if failed:
         for violation in failed:

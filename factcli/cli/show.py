@@ -86,20 +86,9 @@ def show_matrix(analysis: Analysis, layer_name: str, name: str, format: str,
                                                       "matrix": rows}])
 
 
-def read_history(path: Path) -> list[dict[str, Any]]:
-    """The `/history` table of an RFM report (a compound dataset, one row per iteration)."""
-    import h5py
-
-    with h5py.File(path, "r") as handle:
-        data = handle["history"][()] if "history" in handle else None
-    names = getattr(getattr(data, "dtype", None), "names", None)
-    if not names:
-        raise FactError(f"{path} is an RFM report without a 'history' table")
-    return [{key: value.decode() if isinstance(value, bytes) else value
-             for key, value in zip(names, row.tolist(), strict=True)} for row in data]
-
-
 def show_history(path: Path, info: dict[str, Any], format: str) -> None:
+    from ..io.report import read_history
+
     rows = read_history(path)
     if format == "jsonl":
         write_jsonl(rows)

@@ -58,15 +58,19 @@ def from_analysis(analysis: Analysis, label: str | None = None) -> Source:
 
 
 def from_rows(rows: Iterable[Mapping[str, Any]], origin: str = "stdin") -> list[Source]:
-    """JSON lines of `fact analyze --format jsonl`, one source per `checkpoint` value.
+    """JSON lines of `fact analyze --format jsonl` (one source per `checkpoint` value) or of
+    `fact compare --format jsonl` (one source per `input`, with epoch and training loss).
 
-    `layer`, `relation` and at least one metric are required; the rest is optional.
+    Analyze rows need `layer`, `relation` and a metric; compare rows `layer` and `metric`.
     """
     sources: dict[str, Source] = {}
     for number, row in enumerate(rows, 1):
         where = f"{origin} line {number}"
         if not isinstance(row, Mapping):
             raise FactError(f"{where} is not a JSON object")
+        if "relation" not in row and "metric" in row:
+            _add_compare_row(sources, row, where)
+            continue
         for name in ("layer", "relation"):
             if row.get(name) is None:
                 raise FactError(f"{where} lacks the field {name!r}")
@@ -84,6 +88,34 @@ def from_rows(rows: Iterable[Mapping[str, Any]], origin: str = "stdin") -> list[
     if not sources:
         raise FactError(f"{origin} holds no rows")
     return list(sources.values())
+
+
+def _add_compare_row(sources: dict[str, Source], row: Mapping[str, Any], where: str) -> None:
+    """A row of `fact compare --format jsonl`: one metric, one column per relation."""
+    metric = row.get("metric")
+    if metric not in METRIC_NAMES:
+        raise FactError(f"{where}: field 'metric' must be one of {', '.join(METRIC_NAMES)} "
+                        f"(got {metric!r})")
+    if row.get("layer") is None:
+        raise FactError(f"{where} lacks the field 'layer'")
+    label = str(row.get("input") or "stdin")
+    epoch = row.get("epoch")
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
+        raise FactError(f"{where}: field 'epoch' must be an integer or null (got {epoch!r})")
+    loss = row.get("train_loss")
+    source = sources.setdefault(label, Source(
+        label, [], {}, epoch=epoch,
+        train_loss=None if loss is None else _number(loss, "train_loss", where)))
+    layer = str(row["layer"])
+    if layer not in source.metrics:
+        source.layers.append(layer)
+        source.metrics[layer] = {}
+    for relation in RELATIONS:
+        if relation in row:
+            values = source.metrics[layer].setdefault(
+                relation, dict.fromkeys(METRIC_NAMES, math.nan))
+            values[metric] = _number(row[relation], relation, where)
+    source.stationarity[layer] = _number(row.get("stationarity"), "stationarity", where)
 
 
 def _number(value: Any, name: str, where: str) -> float:

@@ -123,7 +123,18 @@ def best_alpha(feature: torch.Tensor, eigenvalues: torch.Tensor, eigenvectors: t
 def fit_alpha(feature: torch.Tensor, eigenvalues: torch.Tensor, eigenvectors: torch.Tensor,
               grid: torch.Tensor | None = None) -> tuple[float, float]:
     """(α*, pearson at α*): the power α maximizing pearson(NFM, AGOP^α) on a grid (default
-    0.01 … 2.00), and that best correlation; (NaN, NaN) when α is not identifiable.
+    0.01 … 2.00), and that best correlation; (NaN, NaN) when α is not identifiable."""
+    scores = alpha_scores(feature, eigenvalues, eigenvectors, grid)
+    if scores is None:
+        return math.nan, math.nan
+    grid, score = scores
+    best = int(torch.argmax(score))
+    return float(grid[best]), float(score[best].clamp(-1, 1))
+
+
+def alpha_scores(feature: torch.Tensor, eigenvalues: torch.Tensor, eigenvectors: torch.Tensor,
+                 grid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(grid, pearson(NFM, AGOP^α) for each α of the grid); None when AGOP has rank ≤ 1.
 
     From AGOP = V diag(d) Vᵀ (orthonormal V), every quantity the Pearson correlation needs is a
     weighted sum over the d_j^α, so the whole grid costs one pass over the spectrum.
@@ -132,7 +143,7 @@ def fit_alpha(feature: torch.Tensor, eigenvalues: torch.Tensor, eigenvectors: to
     d, V = eigenvalues.double().clamp(min=0), eigenvectors.double()
     keep = d > d.max() * 1e-12 if d.numel() and d.max() > 0 else d > 0
     if keep.sum() < 2:  # AGOP of rank ≤ 1: every power has the same shape, α is not identifiable
-        return math.nan, math.nan
+        return None
     d, V = d[keep], V[:, keep]
     A = feature.double()
     size = A.numel()
@@ -143,6 +154,4 @@ def fit_alpha(feature: torch.Tensor, eigenvalues: torch.Tensor, eigenvectors: to
     cross = powers @ inner_a - size * mean_a * mean_b
     var_a = (A * A).sum() - size * mean_a ** 2
     var_b = (powers ** 2).sum(dim=1) - size * mean_b ** 2
-    score = cross / (var_a * var_b).clamp(min=1e-300).sqrt()
-    best = int(torch.argmax(score))
-    return float(grid[best]), float(score[best].clamp(-1, 1))
+    return grid, cross / (var_a * var_b).clamp(min=1e-300).sqrt()

@@ -55,6 +55,19 @@ class Analysis:
                 return layer
         raise KeyError(name)
 
+    def plot(self, kind: str = "bars", **options: Any) -> Any:
+        """A matplotlib Figure of this analysis: "bars" (agreement per layer), "matrices"
+        (layer=..., relations=[...], hide_diagonal=...) or "alpha" (needs factcli[plot])."""
+        from ..plot import figures
+
+        views = {"bars": figures.bars, "matrices": figures.matrices, "alpha": figures.alpha}
+        if kind not in views:
+            from ..errors import FactError
+
+            raise FactError(f"unknown kind {kind!r}; choose one of: {', '.join(views)} "
+                            "(epochs: factcli.plot.epochs([analysis, ...]))")
+        return views[kind](self, **options)
+
     def rows(self) -> list[dict[str, Any]]:
         """One dict per (layer, relation), the fields of interfaces.md §4 (NaN = missing)."""
         return [

@@ -209,3 +209,14 @@ def read_report(path: str | os.PathLike) -> Analysis:
                 best_alpha_pearson=float(a.get("best_alpha_pearson", math.nan)),
                 kind=a.get("kind", "linear")))
     return Analysis(layers, info, list(info.get("warnings", [])))
+
+
+def read_history(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The `/history` table of an RFM report (a compound dataset, one row per iteration)."""
+    with h5py.File(path, "r") as handle:
+        data = handle["history"][()] if "history" in handle else None
+    names = getattr(getattr(data, "dtype", None), "names", None)
+    if not names:
+        raise FactError(f"{path} is an RFM report without a 'history' table")
+    return [{key: value.decode() if isinstance(value, bytes) else value
+             for key, value in zip(names, row.tolist(), strict=True)} for row in data]

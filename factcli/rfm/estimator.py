@@ -326,6 +326,12 @@ class RFM:
             return M, largest, f"the {self.update} update gave a {what} matrix"
         return (updated / largest if self.normalization == "max" else updated), largest, None
 
+    def plot(self, label: str | None = None) -> Any:
+        """A matplotlib Figure: accuracy per iteration and M at the kept one (factcli[plot])."""
+        from ..plot.figures import RFMRun, rfm
+
+        return rfm([RFMRun.from_estimator(self, label)])
+
     # -- prediction -----------------------------------------------------------------------------
 
     def _predict(self, kernel: kernels.Kernel, x: torch.Tensor, alpha: torch.Tensor,
