@@ -31,10 +31,11 @@ h1{font-size:1.5em}h2{font-size:1.25em;margin-top:2.2em;border-bottom:1px solid 
 h3{font-size:1.05em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:12.5px}
 th,td{border:1px solid #d4d4d4;padding:2px 7px;text-align:left;vertical-align:top}
-th{background:#f1f1f1}td.n{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f1f1f1}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 table.kv td:first-child{font-weight:600;white-space:nowrap}
 code,.mono{font-family:"DejaVu Sans Mono",monospace;font-size:12px;word-break:break-all}
 figure{margin:1em 0 1.8em}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figure img.chart{width:980px}
 figcaption{font-size:12px;color:#555}.note{color:#555;font-size:13px}
 .warn{color:#8a4b00}
 """
@@ -83,7 +84,8 @@ def embed(figure: Any, suffix: str, alt: str, caption: str = "") -> str:
     data = base64.b64encode(_style.render(figure, suffix)).decode("ascii")
     mime = "image/svg+xml" if suffix == ".svg" else "image/png"
     note = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-    return f'<figure><img alt="{html.escape(alt)}" src="data:{mime};base64,{data}">' \
+    scaled = ' class="chart"' if suffix == ".svg" else ""  # vector: drawn at the page's width
+    return f'<figure><img{scaled} alt="{html.escape(alt)}" src="data:{mime};base64,{data}">' \
            f"{note}</figure>"
 
 
@@ -203,16 +205,16 @@ def html_report(items: Sequence[Analysis | Source | figures.RFMRun],
         if isinstance(item, Analysis):
             info = item.info
             index_rows.append([i, info.get("report") or figures.label_of(info), "analysis",
-                               info.get("checkpoint"), info.get("checkpoint_sha256"),
-                               info.get("dataset"), info.get("n_samples")])
+                               info.get("checkpoint"), info.get("dataset"),
+                               info.get("n_samples")])
             sections.append(analysis_section(i, item))
         else:
-            index_rows.append([i, item.label, "JSON rows", None, None, None, None])
+            index_rows.append([i, item.label, "JSON rows", None, None, None])
             sections.append(rows_section(i, item))
     if runs:
         first = len(others) + 1
         for n, run in enumerate(runs, first):
-            index_rows.append([n, run.info.get("path") or run.label, "rfm", None, None,
+            index_rows.append([n, run.info.get("path") or run.label, "rfm", None,
                                run.info.get("dataset"), run.info.get("n_train")])
         sections.append(rfm_section(first, runs))
     if len(others) > 1 and one_run(others):
@@ -225,6 +227,7 @@ def html_report(items: Sequence[Analysis | Source | figures.RFMRun],
     intro = (f"<h1>{html.escape(title)}</h1>\n"
              + _note(f"Written by factcli {__version__}. Self-contained: figures are embedded, "
                      "nothing is fetched. Numbers are given in full (– = missing).")
-             + table(["#", "input", "kind", "checkpoint", "checkpoint sha256", "dataset", "n"],
-                     index_rows))
+             + table(["#", "input", "kind", "checkpoint", "dataset", "n"], index_rows)
+             + _note("Each input's section gives its full provenance (checkpoint SHA-256, "
+                     "command, settings)."))
     return head + intro + "\n" + "\n".join(sections) + "\n</body></html>\n"
