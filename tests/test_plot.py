@@ -131,6 +131,9 @@ def test_bars_of_the_shipped_checkpoint(sample, tmp_path):
         assert needle in text, needle
     # each bar's number is the report's, as printed on the bar
     assert f"{analysis.layer('4').metrics['fact']['pearson']:.3f}" in text
+    for suffix in (".svg", ".png"):  # a figure built afresh from the same input: same bytes
+        again = plot.save(figures.bars(read_report(sample)), tmp_path / f"fresh{suffix}")
+        assert again.read_bytes() == files[suffix]
 
 
 def test_bars_stay_legible_with_many_long_layer_names(tmp_path):
