@@ -45,7 +45,7 @@ def sample(tmp_path_factory):
     """A real report of the shipped MNIST MLP (a subsample, three layers incl. the 784-wide)."""
     path = tmp_path_factory.mktemp("sample") / "mlp5.h5"
     analysis = analyze(SAMPLE, max_samples=300, layers=["0", "4", "8"], device="cpu")
-    write_report(path, analysis)
+    write_report(path, analysis, matrices="all", matrix_dtype="float64")
     return path
 
 

@@ -248,8 +248,8 @@ def scale_label(quantile: float) -> str:
 
 
 def missing_matrix_hint(names: Sequence[str]) -> str:
-    return (f"re-run `fact analyze CHECKPOINT --report FILE --matrices` to store "
-            f"{', '.join(names)} (or give the checkpoint itself)")
+    return (f"store them with `fact analyze CHECKPOINT --report FILE --matrices "
+            f"{','.join(names)}` (or --matrices all), or give the checkpoint itself")
 
 
 def matrices(analysis: Analysis, layer: str | None = None,

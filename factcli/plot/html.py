@@ -138,8 +138,11 @@ def analysis_section(index: int, analysis: Analysis) -> str:
     if has_matrices(analysis, ("nfm", "agop")):
         parts.append(embed(figures.alpha(analysis), ".svg", f"NFA power α of {label}"))
     else:
-        parts.append(_note("NFA power α: not drawn — the report stores no NFM and AGOP; "
-                           + figures.missing_matrix_hint(["nfm", "agop"]) + "."))
+        absent = [name for name in ("nfm", "agop") if not has_matrices(analysis, (name,))]
+        parts.append(_note(f"NFA power α: not drawn — the report stores no "
+                           f"{' and '.join(absent)} matrix; "
+                           + figures.missing_matrix_hint(absent) + " (fact plot --kind alpha "
+                           "recomputes it from the checkpoint)."))
     for layer in analysis.layers:
         parts.append(_figure_or_note(
             lambda layer=layer: figures.matrices(analysis, layer.name), ".png",
