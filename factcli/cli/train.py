@@ -138,16 +138,26 @@ def _summary(arch: str, result: Any, out_path: Path) -> str:
 
 @command("train", epilog=EPILOG)
 def train(
-    arch: Annotated[str, typer.Argument(help="mlp, linear (deep linear) or quadratic.")],
+    arch: Annotated[str, typer.Argument(
+        help="mlp, linear (deep linear), quadratic, cnn (images) or transformer (tokens).")],
     dataset: Annotated[str | None, typer.Option(
         "--dataset", "--data", help="Dataset spec, e.g. mnist-10k, separation:tau=0.1, "
         "teacher-linear:d=10,c=10,n=100, file:data.npz.")] = None,
     out_file: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Checkpoint to write (.pt, or .safetensors by extension).")] = None,
     width: Annotated[int | None, typer.Option(
-        help="Hidden width (default: mlp 256, quadratic 10, linear the input size).")] = None,
+        help="Hidden width (default: mlp 256, quadratic 10, linear the input size, cnn 64; "
+        "transformer: d_model, 64).")] = None,
     depth: Annotated[int | None, typer.Option(
-        help="Number of Linear layers (default: mlp 5, linear 3).")] = None,
+        help="Number of Linear layers (default: mlp 5, linear 3, cnn 2); transformer: "
+        "blocks (2).")] = None,
+    channels: Annotated[str | None, typer.Option(
+        help="cnn: channels of the conv blocks, comma-separated (default 16,32).")] = None,
+    pool: Annotated[str | None, typer.Option(
+        help="cnn: 2×2 pooling, max (default) or avg (smooth: with a smooth activation the "
+        "objective is twice differentiable, which --polish needs to converge).")] = None,
+    heads: Annotated[int | None, typer.Option(
+        help="transformer: attention heads (default 4).")] = None,
     activation: Annotated[str | None, typer.Option(
         help="mlp activation: relu (default), gelu, tanh, quadratic, identity.")] = None,
     bias: Annotated[bool | None, typer.Option(
@@ -210,11 +220,16 @@ def train(
         out_file = default_out(arch, dataset)
     make_parent(out_file)
     check_writable(out_file)  # before torch work and data loading
+    try:
+        channel_list = None if channels is None else [int(c) for c in channels.split(",")]
+    except ValueError:
+        raise FactError(f"--channels must be comma-separated integers (got {channels!r})") from None
     config = TrainConfig(arch=arch, dataset=dataset, width=width, depth=depth,
                          activation=activation, bias=bias, loss=loss, optimizer=optimizer,
                          lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
                          epochs=epochs, batch_size=batch_size, seed=seed, dtype=dtype,
-                         target_loss=target_loss, polish=polish)
+                         target_loss=target_loss, polish=polish, channels=channel_list,
+                         pool=pool, heads=heads)
 
     stop = {"requested": False}
 

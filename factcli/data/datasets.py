@@ -165,12 +165,21 @@ def _modular(spec: str, o: _Options) -> Dataset:
     if not 0 < train_frac < 1:
         raise FactError(f"train_frac must lie in (0, 1) (got {train_frac})")
     pairs = [(a, b) for a, b in itertools.product(range(p), repeat=2) if op != "div" or b]
+    tokens = o.get("tokens", "no", str)
+    if tokens not in ("yes", "no"):
+        raise FactError(f"tokens must be yes or no (got {tokens!r})")
     pairs = np.array(pairs)[np.random.default_rng(seed).permutation(len(pairs))]
+    y = np.array([_OPS[op](int(a), int(b), p) for a, b in pairs], dtype=np.int64)
+    n_train = int(round(train_frac * len(pairs)))
+    if tokens == "yes":  # the sequence "a b =" as integer ids, "=" being token p
+        x = np.concatenate([pairs, np.full((len(pairs), 1), p)], axis=1).astype(np.int64)
+        return Dataset(spec, _tensor(x[:n_train], torch.long), _tensor(y[:n_train], torch.long),
+                       _tensor(x[n_train:], torch.long), _tensor(y[n_train:], torch.long), p,
+                       info={"vocab": p + 1})
     x = np.zeros((len(pairs), 2 * p))
     x[np.arange(len(pairs)), pairs[:, 0]] = 1
     x[np.arange(len(pairs)), p + pairs[:, 1]] = 1
-    y = np.array([_OPS[op](int(a), int(b), p) for a, b in pairs], dtype=np.int64)
-    return _split(spec, x, y, int(round(train_frac * len(pairs))), p)
+    return _split(spec, x, y, n_train, p)
 
 
 def _file(spec: str, o: _Options) -> Dataset:
@@ -297,16 +306,18 @@ def _idx_dataset(spec: str, o: _Options, name: str, root: Path, offline: bool | 
         path = folder / base
         arrays.append(_read_idx(path if path.is_file() else path.with_name(base + ".gz")))
     x_train, y_train, x_test, y_test = arrays
-    return _images(spec, o, x_train, y_train, x_test, y_test, 10)
+    return _images(spec, o, x_train, y_train, x_test, y_test, 10, (1, 28, 28))
 
 
-def _images(spec: str, o: _Options, x_train, y_train, x_test, y_test, n_classes: int) -> Dataset:
+def _images(spec: str, o: _Options, x_train, y_train, x_test, y_test, n_classes: int,
+            shape: tuple[int, int, int]) -> Dataset:
+    """Flat rows in [0, 1]; `info["image_shape"]` = (C, H, W) says how a row is an image."""
     n, n_test = o.get("n", len(x_train)), o.get("n_test", len(x_test))
     def prep(x):
         return _tensor(x.reshape(len(x), -1).astype(np.float64) / 255.0)
     return Dataset(spec, prep(x_train[:n]), _tensor(y_train[:n].astype(np.int64), torch.long),
                    prep(x_test[:n_test]), _tensor(y_test[:n_test].astype(np.int64), torch.long),
-                   n_classes)
+                   n_classes, info={"image_shape": list(shape)})
 
 
 def _mnist_10k(spec: str, o: _Options) -> Dataset:
@@ -318,7 +329,8 @@ def _mnist_10k(spec: str, o: _Options) -> Dataset:
     split = int(boundary) if boundary.isdigit() else 8000  # split=train|test: _choose_split
     if not 0 < split < len(images):
         raise FactError(f"split must lie in 1..{len(images) - 1} (got {split})")
-    return _images(spec, o, images[:split], labels[:split], images[split:], labels[split:], 10)
+    return _images(spec, o, images[:split], labels[:split], images[split:], labels[split:], 10,
+                   (1, 28, 28))
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -363,7 +375,7 @@ def _cifar10(spec: str, o: _Options, root: Path, offline: bool | None) -> Datase
     batches = [_cifar_batch(folder / (name + suffix)) for name in CIFAR10_PY]
     x_train = np.concatenate([b[0] for b in batches[:5]])
     y_train = np.concatenate([b[1] for b in batches[:5]])
-    return _images(spec, o, x_train, y_train, *batches[5], 10)
+    return _images(spec, o, x_train, y_train, *batches[5], 10, (3, 32, 32))
 
 
 def _cifar100(spec: str, o: _Options, root: Path, offline: bool | None) -> Dataset:
@@ -376,7 +388,8 @@ def _cifar100(spec: str, o: _Options, root: Path, offline: bool | None) -> Datas
     folder = _located("cifar100", root, found, offline, "the python batches train and test")
     (x_train, y_train), (x_test, y_test) = (
         _cifar_batch(folder / part, f"{kind}_labels".encode()) for part in ("train", "test"))
-    return _images(spec, o, x_train, y_train, x_test, y_test, 100 if kind == "fine" else 20)
+    return _images(spec, o, x_train, y_train, x_test, y_test, 100 if kind == "fine" else 20,
+                   (3, 32, 32))
 
 
 def _separation(spec: str, o: _Options) -> Dataset:

@@ -1,6 +1,7 @@
 """Models named by the `model` dict of a checkpoint (interfaces.md §1).
 
-`mlp`, `linear` and `quadratic` are built here; anything else is a user factory named by an
+`mlp`, `linear`, `quadratic`, `cnn` (models/cnn.py) and `transformer` (models/transformer.py)
+are built in; anything else is a user factory named by an
 import path `package.module:factory`, called with the dict's other entries as keyword arguments.
 A factory is code: whoever calls `build_model` with one has chosen to run it (the checkpoint
 loader asks the user first, see `io.checkpoint`). Nothing is added to `sys.path`: a factory's
@@ -18,7 +19,8 @@ from torch import nn
 from ..errors import FactError
 
 ACTIVATIONS = ("relu", "gelu", "tanh", "quadratic", "identity")
-ARCHS = ("mlp", "linear", "quadratic")
+ARCHS = ("mlp", "linear", "quadratic", "cnn", "transformer")
+MAX_SIZE = 1 << 20  # any one size of a built-in arch (channels, width, vocab, …)
 
 
 class Square(nn.Module):
@@ -83,6 +85,22 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
                        "identity", bias=False)
         if arch == "quadratic":
             return Quadratic(spec["in_features"], spec["width"], spec.get("out_features", 1))
+        if arch == "cnn":
+            from .cnn import CNN
+
+            return CNN(_sizes(spec, "in_shape", 3), _size(spec, "out_features"),
+                       _sizes(spec, "channels"), _size(spec, "width"), _size(spec, "depth"),
+                       lambda: activation(spec.get("activation", "relu")), spec.get("bias", True),
+                       spec.get("pool", "max"))
+        if arch == "transformer":
+            from .transformer import Transformer
+
+            d_mlp = spec.get("d_mlp")
+            return Transformer(
+                _size(spec, "vocab"), _size(spec, "context"), _size(spec, "out_features"),
+                _size(spec, "d_model"), _size(spec, "heads"), _size(spec, "depth"),
+                None if d_mlp is None else _size(spec, "d_mlp"), spec.get("output", "last"),
+                lambda: activation(spec.get("activation", "gelu")), spec.get("bias", True))
     except KeyError as missing:
         raise FactError(f"the {arch!r} model description lacks {missing.args[0]!r}") from None
     except TypeError as error:
@@ -91,6 +109,24 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
         return _user_model(arch, spec)
     raise FactError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}, "
                     "or name a factory as package.module:function")
+
+
+def _size(spec: dict[str, Any], key: str) -> int:
+    """A size read from a model description: an integer in 1..MAX_SIZE, checked before use."""
+    value = spec[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIZE:
+        raise FactError(f"model entry {key!r} must be an integer in 1..{MAX_SIZE} "
+                        f"(got {value!r})")
+    return value
+
+
+def _sizes(spec: dict[str, Any], key: str, length: int | None = None) -> list[int]:
+    values = spec[key]
+    if not isinstance(values, list | tuple) or not values or (
+            length is not None and len(values) != length) or len(values) > 16:
+        raise FactError(f"model entry {key!r} must be a list of "
+                        f"{length or 'at most 16'} integers (got {values!r})")
+    return [_size({key: value}, key) for value in values]
 
 
 def _user_model(path: str, params: dict[str, Any]) -> nn.Module:

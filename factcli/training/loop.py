@@ -50,18 +50,22 @@ from ..errors import FactError
 from ..io.checkpoint import FORMAT, Checkpoint, load_checkpoint, read_pt, save_checkpoint
 from ..io.files import atomic_path, check_writable
 from ..models.archs import ACTIVATIONS, build_model
+from ..models.cnn import POOLS
 from .objective import FullData, accuracy, evaluate, finite_or_none, objective_terms
 from .polish import Callback, polish, worst_stationarity
 
-ARCHS = ("mlp", "linear", "quadratic")
+ARCHS = ("mlp", "linear", "quadratic", "cnn", "transformer")
 OPTIMIZERS = ("sgd", "gd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant")
 RESUME_FORMAT = "factcli.resume/1"
 RESUME_KEY = "resume"
 
 # Defaults that depend on the architecture or the optimizer (documented in docs/train.md).
-DEFAULT_WIDTH = {"mlp": 256, "quadratic": 10}  # linear: the input dimension
-DEFAULT_DEPTH = {"mlp": 5, "linear": 3}
+DEFAULT_WIDTH = {"mlp": 256, "quadratic": 10, "cnn": 64,  # linear: the input dimension
+                 "transformer": 64}  # transformer: d_model
+DEFAULT_DEPTH = {"mlp": 5, "linear": 3, "cnn": 2, "transformer": 2}  # cnn: Linear layers
+DEFAULT_CHANNELS = [16, 32]  # cnn: one conv block per entry
+DEFAULT_HEADS = 4
 DEFAULT_LR = {"sgd": 0.1, "gd": 0.1, "adam": 1e-3, "adamw": 1e-3}
 DEFAULT_MOMENTUM = {"sgd": 0.9, "gd": 0.0}
 # Options that define the trajectory: a resumed run must agree on all of them.
@@ -91,6 +95,9 @@ class TrainConfig:
     dtype: str = "float32"
     target_loss: float | None = None
     polish: int = 0
+    channels: list[int] | None = None
+    pool: str | None = None
+    heads: int | None = None
 
 
 @dataclass
@@ -145,11 +152,22 @@ def _check(config: TrainConfig) -> None:
         raise FactError(f"--depth {c.depth} contradicts arch quadratic (always two layers)")
     if c.arch in ("linear", "quadratic") and c.bias:
         raise FactError(f"--bias contradicts arch {c.arch} (it has no bias parameters)")
+    if c.channels is not None and c.arch != "cnn":
+        raise FactError(f"--channels is for arch cnn (got arch {c.arch})")
+    if c.pool is not None and c.arch != "cnn":
+        raise FactError(f"--pool is for arch cnn (got arch {c.arch})")
+    if c.pool is not None and c.pool not in POOLS:
+        raise FactError(f"unknown --pool {c.pool!r}; choose one of: {', '.join(POOLS)}")
+    if c.heads is not None and c.arch != "transformer":
+        raise FactError(f"--heads is for arch transformer (got arch {c.arch})")
+    if c.channels is not None and (not c.channels or min(c.channels) < 1):
+        raise FactError(f"--channels must list positive channel counts (got {c.channels})")
     if c.optimizer in ("adam", "adamw") and c.momentum is not None:
         raise FactError(f"--momentum contradicts --optimizer {c.optimizer} (Adam has no momentum "
                         "option; use sgd or gd)")
     # Ranges.
-    for name, value in (("width", c.width), ("depth", c.depth), ("batch-size", c.batch_size)):
+    for name, value in (("width", c.width), ("depth", c.depth), ("batch-size", c.batch_size),
+                        ("heads", c.heads)):
         if value is not None and value < 1:
             raise FactError(f"--{name} must be at least 1 (got {value})")
     if c.lr is not None and not c.lr > 0:
@@ -189,9 +207,11 @@ def _resolve(c: TrainConfig, data: Dataset) -> tuple[dict[str, Any], dict[str, A
     elif c.arch == "linear":
         model.update(width=c.width or in_features, depth=c.depth or DEFAULT_DEPTH["linear"],
                      activation="identity", bias=False)
-    else:
+    elif c.arch == "quadratic":
         model.update(width=c.width or DEFAULT_WIDTH["quadratic"], depth=2,
                      activation="quadratic", bias=False)
+    else:
+        model = _layered_spec(c, data)
 
     n = data.n_train
     batch_size = n if c.optimizer == "gd" else min(c.batch_size or 128, n)
@@ -208,6 +228,37 @@ def _resolve(c: TrainConfig, data: Dataset) -> tuple[dict[str, Any], dict[str, A
         "weighted": data.weights is not None, "factcli_version": __version__,
     }
     return model, training
+
+
+def _layered_spec(c: TrainConfig, data: Dataset) -> dict[str, Any]:
+    """The model dict of a `cnn` (images) or a `transformer` (integer tokens) for `data`."""
+    sizes = {"width": c.width or DEFAULT_WIDTH[c.arch], "depth": c.depth or DEFAULT_DEPTH[c.arch]}
+    bias = True if c.bias is None else c.bias
+    if c.arch == "cnn":
+        shape = data.info.get("image_shape")
+        if shape is None:
+            raise FactError(f"arch cnn needs images (mnist, mnist-10k, fashion-mnist, cifar10); "
+                            f"dataset {data.spec!r} has flat inputs of no known image shape")
+        return {"arch": "cnn", "in_shape": list(shape), "out_features": int(data.out_features),
+                "channels": list(c.channels or DEFAULT_CHANNELS), **sizes,
+                "activation": c.activation or "relu", "bias": bias, "pool": c.pool or "max"}
+    if data.x_train.is_floating_point() or data.x_train.ndim != 2:
+        raise FactError(f"arch transformer needs integer token sequences (n, T), e.g. "
+                        f"modular:p=97,tokens=yes; dataset {data.spec!r} has "
+                        f"{str(data.x_train.dtype).removeprefix('torch.')} inputs")
+    splits = [x for x in (data.x_train, data.x_test) if x is not None and len(x)]
+    low, high = min(int(x.min()) for x in splits), max(int(x.max()) for x in splits)
+    vocab = data.info.get("vocab") or high + 1
+    if low < 0 or high >= vocab:
+        raise FactError(f"dataset {data.spec!r} has token ids {low}..{high} outside its "
+                        f"vocabulary 0..{vocab - 1}")
+    d_model, heads = sizes["width"], c.heads or DEFAULT_HEADS
+    if d_model % heads:
+        raise FactError(f"--width {d_model} (d_model) is not a multiple of --heads {heads}")
+    return {"arch": "transformer", "vocab": int(vocab), "context": int(data.x_train.shape[1]),
+            "out_features": int(data.out_features), "d_model": d_model, "heads": heads,
+            "depth": sizes["depth"], "d_mlp": 4 * d_model, "output": "last",
+            "activation": c.activation or "gelu", "bias": bias}
 
 
 def lr_at(training: dict[str, Any], epoch: int) -> float:
@@ -550,7 +601,7 @@ def _batch(d: FullData, weights: torch.Tensor | None, index: torch.Tensor) -> tu
 
 def _test_metrics(model: nn.Module, d: FullData, loss: str) -> tuple[float, float | None]:
     with torch.no_grad():
-        uniform = d.uniform(len(d.x_test), d.x_test)
+        uniform = d.uniform(len(d.x_test))
         total = objective_terms(model, d.x_test, d.t_test, uniform, loss, backward=False)
     return float(total), accuracy(model, d.x_test, d.labels_test, None)
 

@@ -16,7 +16,7 @@ from torch import nn
 from ..data.datasets import Dataset
 from ..engine.losses import per_sample_loss
 
-EVAL_CHUNK = 8192
+EVAL_CHUNK = 512  # samples per chunk: bounds memory; larger chunks were no faster on CPU
 
 
 def objective_terms(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
@@ -53,17 +53,31 @@ def accuracy(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None,
     return float(hits) if weights is not None else float(hits) / len(x)
 
 
-def linear_stationarity(model: nn.Module, weight_decay: float) -> dict[str, float | None]:
-    """‖∇_W L_data + λW‖_F / ‖λW‖_F per nn.Linear (module path), from the grads in `.grad`."""
+def layer_name(parameter: str) -> str:
+    """A weight's layer name: its path minus a trailing `.weight` or `_weight`
+    (`blocks.0.attn.in_proj_weight` → `blocks.0.attn.in_proj`)."""
+    for suffix in (".weight", "_weight"):
+        if parameter.endswith(suffix):
+            return parameter[: -len(suffix)]
+    return parameter
+
+
+def weight_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every weight matrix or kernel (a parameter with ≥ 2 dims: Linear, Conv, Embedding,
+    attention projections), by layer name; a tied parameter appears once. Biases and norm
+    scales (1-dim) are not weight matrices."""
+    return {layer_name(name): p for name, p in model.named_parameters() if p.ndim >= 2}
+
+
+def weight_stationarity(model: nn.Module, weight_decay: float) -> dict[str, float | None]:
+    """‖∇_W L_data + λW‖_F / ‖λW‖_F per weight parameter, from the gradients in `.grad`."""
     result: dict[str, float | None] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            W = module.weight.detach().double()
-            grad = module.weight.grad
-            grad = torch.zeros_like(W) if grad is None else grad.detach().double()
-            denominator = float((weight_decay * W).norm())
-            result[name] = (float((grad + weight_decay * W).norm()) / denominator
-                            if denominator > 0 else None)
+    for name, weight in weight_parameters(model).items():
+        W = weight.detach().double()
+        grad = torch.zeros_like(W) if weight.grad is None else weight.grad.detach().double()
+        denominator = float((weight_decay * W).norm())
+        result[name] = (float((grad + weight_decay * W).norm()) / denominator
+                        if denominator > 0 else None)
     return result
 
 
@@ -74,7 +88,7 @@ class FullData:
         def move(t: torch.Tensor) -> torch.Tensor:
             return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
 
-        self.n = data.n_train
+        self.n, self.dtype, self.device = data.n_train, dtype, device
         self.x = move(data.x_train.reshape(self.n, -1))
         self.t = move(data.targets(loss))
         self.labels = data.y_train.to(device) if data.n_classes is not None else None
@@ -93,17 +107,18 @@ class FullData:
         for key, value in vars(self).items():
             if isinstance(value, torch.Tensor) and value.is_floating_point():
                 setattr(other, key, value.to(dtype))
+        other.dtype = dtype
         if dtype == torch.float64 and self._w64 is not None:
             other.w = self._w64  # the sample weights without a float32 round trip
         return other
 
-    @staticmethod
-    def uniform(n: int, like: torch.Tensor) -> torch.Tensor:
-        return torch.full((n,), 1.0 / n, dtype=like.dtype, device=like.device)
+    def uniform(self, n: int) -> torch.Tensor:
+        """1/n in the floating dtype of the run (inputs may be integer token ids)."""
+        return torch.full((n,), 1.0 / n, dtype=self.dtype, device=self.device)
 
     def train_weights(self) -> torch.Tensor:
         """The w_i of L as a tensor (the dataset's own or 1/n), so that every sum is Σ w_i ℓ_i."""
-        return self.w if self.w is not None else self.uniform(self.n, self.x)
+        return self.w if self.w is not None else self.uniform(self.n)
 
 
 def regularized_objective(model: nn.Module, d: FullData, loss: str,
@@ -111,7 +126,7 @@ def regularized_objective(model: nn.Module, d: FullData, loss: str,
     """(Σ w_i ℓ_i, L) on the full training set, L including every parameter (biases too).
 
     Leaves ∇ Σ w_i ℓ_i in `.grad` (previous gradients are discarded), which is what
-    `linear_stationarity` reads next.
+    `weight_stationarity` reads next.
     """
     model.zero_grad(set_to_none=True)
     data_loss = float(objective_terms(model, d.x, d.t, d.train_weights(), loss, backward=True))
@@ -127,11 +142,11 @@ def evaluate(model: nn.Module, d: FullData, loss: str, weight_decay: float) -> d
     result: dict[str, Any] = {
         "train_loss": data_loss, "objective": objective,
         "train_acc": accuracy(m, d64.x, d64.labels, d64.w),
-        "stationarity": linear_stationarity(m, weight_decay),
+        "stationarity": weight_stationarity(m, weight_decay),
     }
     if d64.x_test is not None:
         with torch.no_grad():
-            wt = d64.uniform(len(d64.x_test), d64.x_test)
+            wt = d64.uniform(len(d64.x_test))
             result["test_loss"] = float(objective_terms(m, d64.x_test, d64.t_test, wt, loss,
                                                          backward=False))
         result["test_acc"] = accuracy(m, d64.x_test, d64.labels_test, None)

@@ -14,7 +14,13 @@ import torch
 from torch import nn
 
 from ..engine.losses import per_sample_loss
-from .objective import FullData, linear_stationarity, objective_terms, regularized_objective
+from .objective import (
+    FullData,
+    layer_name,
+    objective_terms,
+    regularized_objective,
+    weight_stationarity,
+)
 
 POLISH_METHOD = "lbfgs-strong-wolfe"
 NEWTON_METHOD = "newton"
@@ -59,7 +65,7 @@ def _lbfgs(model: nn.Module, d: FullData, loss: str, weight_decay: float, max_st
 
     def current() -> tuple[float, float]:
         objective = regularized_objective(model, d64, loss, weight_decay)[1]
-        return objective, worst_stationarity(linear_stationarity(model, weight_decay))
+        return objective, worst_stationarity(weight_stationarity(model, weight_decay))
 
     objective, worst = current()
     start_objective, steps, evaluations, history = objective, 0, 0, []
@@ -130,19 +136,16 @@ def _newton(model: nn.Module, d: FullData, loss: str, weight_decay: float, max_s
             total = total + hessian(data_part)(vector, x, t, weights)
         return (total + total.mT) / 2
 
-    linear = {f"{n}.weight" if n else "weight": n for n, m in model.named_modules()
-              if isinstance(m, nn.Linear)}
-    offsets = dict(zip(names, torch.tensor([0, *sizes]).cumsum(0).tolist(), strict=False))
+    offsets = torch.tensor([0, *sizes]).cumsum(0).tolist()
+    matrices = [(layer_name(n), offsets[i], sizes[i]) for i, n in enumerate(names)
+                if params[i].ndim >= 2]  # as weight_stationarity: every weight parameter
 
     def station(vector, gradient) -> dict[str, float | None]:
         result: dict[str, float | None] = {}
-        for key, module_name in linear.items():
-            if key not in offsets:
-                continue
-            start, count = offsets[key], sizes[names.index(key)]
+        for name, start, count in matrices:
             denominator = float(lam * vector[start:start + count].norm())
-            result[module_name] = (float(gradient[start:start + count].norm()) / denominator
-                                   if denominator > 0 else None)
+            result[name] = (float(gradient[start:start + count].norm()) / denominator
+                            if denominator > 0 else None)
         return result
 
     value, gradient = value_grad(theta)
