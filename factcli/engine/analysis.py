@@ -87,6 +87,7 @@ def analyze(
     if batch_size < 1:
         raise FactError(f"--batch-size must be positive (got {batch_size})")
     training: dict[str, Any] = {}
+    warnings: list[str] = []
     info: dict[str, Any] = {"checkpoint": None, "checkpoint_sha256": None}
     if isinstance(source, nn.Module):
         network = copy.deepcopy(source)  # moved, cast and put in eval mode: not the caller's
@@ -95,6 +96,7 @@ def analyze(
         checkpoint = source if isinstance(source, Checkpoint) else load_checkpoint(
             source, model, trust_model_code=trust_model_code)
         network, training = checkpoint.build(), checkpoint.training
+        warnings.extend(checkpoint.warnings)  # how the weights were read (io/sources.py)
         info.update(checkpoint=str(checkpoint.path) if checkpoint.path else None,
                     checkpoint_sha256=checkpoint.sha256, model=checkpoint.model)
     loss = loss or training.get("loss")
@@ -112,7 +114,7 @@ def analyze(
                                                                      offline=offline)
     if weight_decay is None:
         weight_decay = training.get("weight_decay")
-    warnings: list[str] = _fingerprint_warnings(data, training)
+    warnings.extend(_fingerprint_warnings(data, training))
     if not rel.has_scale(weight_decay):
         warnings.append(f"weight decay λ is {'unknown' if weight_decay is None else weight_decay}:"
                         " FACT is reported without its 1/λ scale, rel_err and stationarity "

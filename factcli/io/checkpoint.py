@@ -1,4 +1,5 @@
-"""`factcli.checkpoint/1` in `.pt` and `.safetensors` (interfaces.md §1), and plain state_dicts.
+"""`factcli.checkpoint/1` in `.pt` and `.safetensors` (interfaces.md §1), and plain state_dicts;
+training dicts, prefixed names, shards and Hugging Face folders through io/sources.py and io/hf.py.
 
 `.pt` files are read with `torch.load(weights_only=True)` only: a pickle that would run code is
 refused, never executed. A model factory (`model.arch = "package.module:function"`) is code too:
@@ -23,6 +24,15 @@ from torch import nn
 from ..errors import FactError
 from ..models.archs import build_model, is_factory, load_weights
 from .files import atomic_path, sha256
+from .sources import (
+    INDEX_SUFFIXES,
+    TRAINING_KEYS,
+    fit_names,
+    is_state_dict,
+    read_folder,
+    stripped_views,
+    training_dict_weights,
+)
 
 FORMAT = "factcli.checkpoint/1"
 
@@ -37,6 +47,7 @@ class Checkpoint:
     path: str | None = None
     sha256: str | None = None
     trust_model_code: bool = True  # False when a factory came from a file nobody vouched for
+    warnings: list[str] = field(default_factory=list)
 
     def build(self) -> nn.Module:
         """The model with these weights, in the weights' floating dtype, in eval mode."""
@@ -46,11 +57,18 @@ class Checkpoint:
                 f"{self.path or 'the checkpoint'} names the model factory {arch!r}, which is "
                 f"code; it runs only if you ask: pass --arch {arch} (or --trust-model-code, "
                 "which runs code named inside the file)")
-        model = build_model(self.model)
+        if arch == "hf":
+            from .hf import build_hf
+
+            model = build_hf(self.model, sum(t.numel() for t in self.state_dict.values()))
+        else:
+            model = build_model(self.model)
         dtypes = {t.dtype for t in self.state_dict.values() if t.is_floating_point()}
         if len(dtypes) == 1:
             model = model.to(dtypes.pop())
-        load_weights(model, self.state_dict)
+        state_dict, renamed = fit_names(model, self.state_dict)
+        self.warnings.extend(m for m in renamed if m not in self.warnings)
+        load_weights(model, state_dict)
         return model.eval()
 
 
@@ -78,7 +96,16 @@ def parse_model_option(text: str) -> dict[str, Any]:
 
 
 def _infer_layout(arch: str, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Fill in sizes of a built-in arch from the weight shapes of a plain state_dict."""
+    """Fill in sizes of a built-in arch from the weight shapes of a plain state_dict (whose
+    names may carry a wrapper's prefix)."""
+    for view in (state_dict, *stripped_views(state_dict)):
+        inferred = _infer_sizes(arch, view)
+        if inferred:
+            return inferred
+    return {}
+
+
+def _infer_sizes(arch: str, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     if arch == "quadratic":
         hidden, readout = state_dict.get("hidden.weight"), state_dict.get("readout.weight")
         if hidden is None or readout is None:
@@ -115,7 +142,7 @@ def read_pt(path: Path) -> Any:
                         f"{message}") from None
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -142,15 +169,19 @@ def load_checkpoint(path: str | os.PathLike, model: dict[str, Any] | None = None
     A factory named by the file itself is never run by `build()` unless `trust_model_code`;
     one named in `model` is the caller's choice and runs.
     """
-    source = Path(path)
-    if not source.is_file():
+    source, notes = Path(path), []
+    if source.is_dir() or source.name.endswith(INDEX_SUFFIXES):
+        state_dict, stored_model = read_folder(source)
+        stored_training = {}
+    elif not source.is_file():
         raise FactError(f"checkpoint not found: {source}")
-    if source.suffix == ".safetensors":
-        state_dict, metadata = _read_safetensors(source)
+    elif source.suffix == ".safetensors":
+        state_dict, metadata = read_safetensors(source)
         stored_model = _json_field(metadata, "model", source)
         stored_training = _json_field(metadata, "training", source)
     else:
         content = read_pt(source)
+        inner = training_dict_weights(content) if isinstance(content, dict) else None
         if isinstance(content, dict) and content.get("format") == FORMAT:
             state_dict = content.get("state_dict", {})
             stored_model = dict(content.get("model") or {})
@@ -158,14 +189,15 @@ def load_checkpoint(path: str | os.PathLike, model: dict[str, Any] | None = None
         elif isinstance(content, dict) and isinstance(content.get("format"), str):
             raise FactError(f"{source} has format {content['format']!r}; this factcli reads "
                             f"{FORMAT}")
-        elif isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
-            state_dict, stored_model, stored_training = content["state_dict"], {}, {}
-        elif isinstance(content, dict) and content and all(
-                isinstance(v, torch.Tensor) for v in content.values()):
+        elif inner is not None:
+            (state_dict, key), stored_model, stored_training = inner, {}, {}
+            notes.append(f"{source.name}: the weights under {key!r} of a training dict")
+        elif is_state_dict(content):
             state_dict, stored_model, stored_training = content, {}, {}
         else:
-            raise FactError(f"{source} is not a checkpoint: expected a {FORMAT} dict or a "
-                            "state_dict of tensors")
+            raise FactError(f"{source} is not a checkpoint: expected a {FORMAT} dict, a "
+                            "state_dict of tensors or a training dict with one under "
+                            f"{', '.join(map(repr, TRAINING_KEYS))}")
     if not isinstance(state_dict, dict) or not all(
             isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise FactError(f"{source}: state_dict must map parameter names to tensors")
@@ -179,8 +211,8 @@ def load_checkpoint(path: str | os.PathLike, model: dict[str, Any] | None = None
     merged_training = {**stored_training,
                        **{k: v for k, v in (training or {}).items() if v is not None}}
     trusted = trust_model_code or "arch" in (model or {})
-    return Checkpoint(merged_model, state_dict, merged_training, str(path), sha256(source),
-                      trusted)
+    return Checkpoint(merged_model, state_dict, merged_training, str(path),
+                      sha256(source) if source.is_file() else None, trusted, notes)
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
