@@ -152,3 +152,16 @@ def test_bad_arch_options_give_one_line_and_exit_2(tmp_path, args, needle):
 def test_bad_cnn_descriptions_are_refused_before_allocating(change, needle):
     with pytest.raises(FactError, match=needle):
         build_model({**CNN, **change})
+
+
+def test_a_cnn_checkpoint_with_the_wrong_kernel_shape_gives_one_line(tmp_path):
+    from factcli.io.checkpoint import Checkpoint, save_checkpoint
+
+    state = build_model(CNN).state_dict()
+    state["features.3.weight"] = torch.zeros(8, 4, 5, 5)  # a 5×5 kernel where 3×3 belongs
+    save_checkpoint(tmp_path / "bad.pt", Checkpoint(CNN, state, {
+        "dataset": MNIST_TINY, "loss": "mse", "weight_decay": 1e-3}))
+    result = fact_inprocess("analyze", tmp_path / "bad.pt")
+    assert result.exit_code == 2
+    assert "features.3.weight has shape (8, 4, 5, 5)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
