@@ -1,14 +1,22 @@
 """Naive references: per-sample, per-output autograd loops in float64, written independently of
-factcli's engine (no shared sums, no batched backward, numpy for matrix functions).
+factcli's engine (no shared sums, no batched backward, no capture of operations, numpy for
+matrix functions).
 
-For one layer at a time, the layer's input is replaced by a fresh leaf h' (so ∂/∂h' is the
-gradient *through this matrix*), and in a second pass its output by a leaf z'.
+For one layer at a time, the layer's module is re-implemented here as explicit rows:
+h (one row per position: the input vector, a conv patch by `unfold`, a one-hot token) times Wᵀ,
+and in one pass h gets a zero perturbation leaf (∂/∂h is then the gradient *through this
+matrix*), in a second pass z = W h does. Every call of the module (a shared layer) adds its
+rows. FACT and bFACT come from the per-sample gradients of the parameter itself, which count
+every use.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -18,62 +26,100 @@ def _per_sample_loss(loss, out, target):
     return torch.nn.functional.cross_entropy(out.unsqueeze(0), target.view(1))
 
 
-def _leaf_pass(model, layer, x, which):
-    """Forward one sample with the layer's input (which='h') or product (which='z') as a leaf."""
-    store = {}
+def weight_matrix(module):
+    """W (m×k) of a module, as factcli's docs define it."""
+    weight = module.weight
+    if isinstance(module, nn.Embedding) or type(module).__name__ == "Conv1D":
+        return weight.T
+    return weight.reshape(weight.shape[0], -1)
 
-    def pre(module, args):
-        leaf = args[0].detach().clone().requires_grad_(True)
-        store["h"] = leaf
-        return (leaf,)
 
-    def post(module, args, output):
-        product = output - (module.bias if module.bias is not None else 0)
-        leaf = product.detach().clone().requires_grad_(True)
-        store["z"] = leaf
-        return leaf + (module.bias if module.bias is not None else 0)
+def _rows_forward(module, inp, which, store):
+    """The module's output from explicit rows h → z = h Wᵀ, with h or z made a leaf."""
+    W = weight_matrix(module)
+    bias = getattr(module, "bias", None)
+    if isinstance(module, nn.Embedding):
+        h = F.one_hot(inp.reshape(-1), module.num_embeddings).to(W.dtype)
+    elif isinstance(module, nn.Conv2d):
+        h = F.unfold(inp, module.kernel_size, module.dilation, module.padding,
+                     module.stride)[0].T
+    else:  # Linear, HF Conv1D: the last axis is the input vector
+        h = inp.reshape(-1, inp.shape[-1])
+    if which == "h":
+        h = _perturbed(h, store)
+    z = h @ W.T
+    if which == "z":
+        z = _perturbed(z, store)
+    if isinstance(module, nn.Embedding):
+        return z.reshape(*inp.shape, -1)
+    if isinstance(module, nn.Conv2d):
+        size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(
+            inp.shape[-2:], module.padding, module.dilation, module.kernel_size, module.stride)]
+        out = z.T.reshape(1, -1, *size)
+        return out if bias is None else out + bias.view(1, -1, 1, 1)
+    out = z.reshape(*inp.shape[:-1], -1)
+    return out if bias is None else out + bias
 
-    handle = layer.register_forward_pre_hook(pre) if which == "h" else \
-        layer.register_forward_hook(post)
+
+def _perturbed(rows, store):
+    """rows + δ with δ = 0 a fresh leaf: ∂/∂δ is the total derivative with respect to these
+    rows, every later use of the same matrix included (a detached copy would cut that path)."""
+    delta = torch.zeros_like(rows, requires_grad=True)
+    store.append((delta, rows.detach()))
+    return rows + delta
+
+
+@contextlib.contextmanager
+def _explicit(module, which, store):
+    module.forward = lambda inp: _rows_forward(module, inp, which, store)
     try:
-        out = model(x.unsqueeze(0)).reshape(-1)
+        yield
     finally:
-        handle.remove()
-    return out, store[which]
+        del module.forward
 
 
-def naive_relations(model: nn.Module, layer: nn.Linear, x, targets, loss, weight_decay,
+def naive_relations(model: nn.Module, layer: nn.Module, x, targets, loss, weight_decay,
                     weights=None, alpha=0.5):
     """Every matrix of relations.md §2–3 for `layer`, plus its stationarity, as numpy float64."""
     n = len(x)
     weights = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=np.float64)
-    W = layer.weight.detach().numpy().astype(np.float64)
+    W = weight_matrix(layer).detach().numpy().astype(np.float64)
     m, k = W.shape
-    sums = {name: np.zeros((k, k)) for name in ("fact", "agop", "enfa")}
-    sums.update({name: np.zeros((m, m)) for name in ("bfact", "bagop", "benfa")})
+    sums = {name: np.zeros((k, k)) for name in ("fact_uses", "agop", "enfa")}
+    sums.update({name: np.zeros((m, m)) for name in ("bfact_uses", "bagop", "benfa")})
+    gradient = np.zeros((m, k))
     jacobian_rows = {"agop": [], "bagop": []}  # √w_i-weighted rows, for exact matrix powers
     for i in range(n):
         w = weights[i]
-        for which, (pair, gram, ograms) in {"h": ("fact", "enfa", "agop"),
-                                            "z": ("bfact", "benfa", "bagop")}.items():
-            out, leaf = _leaf_pass(model, layer, x[i], which)
+        sample = x[i:i + 1]
+        (grad_w,) = torch.autograd.grad(_per_sample_loss(loss, model(sample).reshape(-1),
+                                                         targets[i]), layer.weight)
+        gradient += w * _as_matrix(layer, grad_w)
+        for which, (pair, gram, ograms) in {"h": ("fact_uses", "enfa", "agop"),
+                                            "z": ("bfact_uses", "benfa", "bagop")}.items():
+            leaves = []
+            with _explicit(layer, which, leaves):
+                out = model(sample).reshape(-1)
             ell = _per_sample_loss(loss, out, targets[i])
-            (grad,) = torch.autograd.grad(ell, leaf, retain_graph=True)
-            rows_g = grad.reshape(-1, grad.shape[-1]).numpy()
-            rows_v = leaf.detach().reshape(-1, leaf.shape[-1]).numpy()
-            for t in range(len(rows_g)):
-                sums[pair] += -w * np.outer(rows_g[t], rows_v[t]) / weight_decay
-                sums[gram] += w * np.outer(rows_g[t], rows_g[t])
+            deltas = [delta for delta, _ in leaves]
+            grads = torch.autograd.grad(ell, deltas, retain_graph=True)
+            for grad, (_, value) in zip(grads, leaves):
+                rows_g, rows_v = grad.numpy(), value.numpy()
+                for t in range(len(rows_g)):
+                    sums[pair] += -w * np.outer(rows_g[t], rows_v[t]) / weight_decay
+                    sums[gram] += w * np.outer(rows_g[t], rows_g[t])
             for c in range(out.numel()):
-                (jac,) = torch.autograd.grad(out[c], leaf, retain_graph=True)
-                rows_j = jac.reshape(-1, jac.shape[-1]).numpy()
-                for t in range(len(rows_j)):
-                    sums[ograms] += w * np.outer(rows_j[t], rows_j[t])
-                    jacobian_rows[ograms].append(np.sqrt(w) * rows_j[t])
+                jacs = torch.autograd.grad(out[c], deltas, retain_graph=True)
+                for jac in jacs:
+                    for row in jac.numpy():
+                        sums[ograms] += w * np.outer(row, row)
+                        jacobian_rows[ograms].append(np.sqrt(w) * row)
     result = dict(sums)
+    result["fact"] = -W.T @ gradient / weight_decay
+    result["bfact"] = -gradient @ W.T / weight_decay
     result["nfm"], result["bnfm"] = W.T @ W, W @ W.T
     for prefix in ("", "b"):
-        fact = sums[prefix + "fact"]
+        fact = result[prefix + "fact"]
         result[prefix + "fact_sym"] = (fact + fact.T) / 2
         left, singular, _ = np.linalg.svd(fact)
         result[prefix + "fact_sqrt"] = (left * singular) @ left.T
@@ -85,7 +131,21 @@ def naive_relations(model: nn.Module, layer: nn.Linear, x, targets, loss, weight
     objective = sum(weights[i] * _per_sample_loss(loss, model(x[i:i + 1]).reshape(-1), targets[i])
                     for i in range(n))
     (grad_w,) = torch.autograd.grad(objective, layer.weight)
-    grad_w = grad_w.numpy()
+    grad_w = _as_matrix(layer, grad_w)
     result["stationarity"] = np.linalg.norm(grad_w + weight_decay * W) / np.linalg.norm(
         weight_decay * W)
     return result
+
+
+def _as_matrix(layer, grad):
+    """The parameter's gradient in W's orientation (the same reshape as the weight)."""
+    grad = grad.numpy().astype(np.float64)
+    if isinstance(layer, nn.Embedding) or type(layer).__name__ == "Conv1D":
+        return grad.T
+    return grad.reshape(grad.shape[0], -1)
+
+
+def relative(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
+

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,7 +11,8 @@ from torch import nn
 from factcli.data.datasets import Dataset
 from factcli.engine.analysis import analyze
 from factcli.engine.relations import RELATIONS
-from tests.oracle import naive_relations
+from tests.critical import train_to_critical
+from tests.oracle import naive_relations, relative
 
 
 class Residual(nn.Module):
@@ -69,11 +69,6 @@ def make_case(name, bias, loss, weighted, n=12, seed=0):
     return model, data
 
 
-def relative(a, b):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
-
-
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 @pytest.mark.parametrize("bias", [True, False])
@@ -89,6 +84,8 @@ def test_every_matrix_matches_the_naive_oracle(case, loss, bias):
                                    weights=data.weights)
         for name in ("nfm", "bnfm", *RELATIONS):
             assert relative(layer.matrices[name], expected[name]) < 1e-10, (layer.name, name)
+        for name in ("fact", "bfact"):  # the parameter's gradient = Σ g hᵀ over the uses
+            assert relative(expected[name + "_uses"], expected[name]) < 1e-10
         assert layer.stationarity == pytest.approx(expected["stationarity"], rel=1e-10)
 
 
@@ -102,46 +99,15 @@ def test_batch_size_does_not_change_the_sums():
 
 
 def _critical_tanh_mlp(steps):
-    """A tanh MLP trained in float64, full batch, with weight decay, by L-BFGS."""
+    """A tanh MLP trained in float64, full batch, with weight decay (L-BFGS, then Newton)."""
     torch.manual_seed(1)
     n, decay = 40, 1e-2
     x = torch.randn(n, 4, dtype=torch.float64)
     y = torch.sin(x[:, :2]) + 0.3 * x[:, 2:3]
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 6), nn.Tanh(),
                           nn.Linear(6, 2)).double()
-    optimizer = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=steps, history_size=50,
-                                  tolerance_grad=1e-14, tolerance_change=0,
-                                  line_search_fn="strong_wolfe")
-
-    def objective():
-        optimizer.zero_grad()
-        value = ((model(x) - y) ** 2).mean(dim=1).mean()
-        value = value + decay / 2 * sum(p.pow(2).sum() for p in model.parameters())
-        value.backward()
-        return value
-
-    optimizer.step(objective)
-    if steps > 50:  # finish with Newton steps: quadratic convergence to the critical point
-        names = [name for name, _ in model.named_parameters()]
-        shapes = [p.shape for p in model.parameters()]
-        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
-
-        def flat_objective(theta):
-            params = dict(zip(names, torch.split(theta, [s.numel() for s in shapes])))
-            params = {k: v.view(s) for (k, v), s in zip(params.items(), shapes)}
-            out = torch.func.functional_call(model, params, (x,))
-            return ((out - y) ** 2).mean(dim=1).mean() + decay / 2 * theta.pow(2).sum()
-
-        for _ in range(8):
-            gradient = torch.func.grad(flat_objective)(flat)
-            hessian = torch.func.hessian(flat_objective)(flat)
-            flat = flat - torch.linalg.solve(hessian, gradient)
-        torch.nn.utils.vector_to_parameters(flat, model.parameters())
-    objective()
-    with torch.no_grad():
-        gradient = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
-        scale = decay * torch.cat([p.flatten() for p in model.parameters()]).norm()
-    return model, Dataset("test", x, y), decay, float(gradient / scale)
+    residual = train_to_critical(model, x, y, decay, steps)
+    return model, Dataset("test", x, y), decay, residual
 
 
 def test_fact_holds_at_a_critical_point():
@@ -232,11 +198,11 @@ def test_the_callers_module_is_left_as_it_was():
 
 def test_outputs_in_chunks_give_the_same_sums(monkeypatch):
     """A small Jacobian budget forces one output per backward: memory bounded, sums unchanged."""
-    from factcli.engine import sums as stats
+    from factcli.engine import sketch
 
     model, data = make_case("tokens", True, "mse", weighted=True)
     whole = analyze(model, data, loss="mse", weight_decay=1e-3, batch_size=5)
-    monkeypatch.setattr(stats, "JACOBIAN_BUDGET", 1)
+    monkeypatch.setattr(sketch, "JACOBIAN_BUDGET", 1)
     chunked = analyze(model, data, loss="mse", weight_decay=1e-3, batch_size=5)
     for a, b in zip(whole.layers, chunked.layers):
         for name in a.matrices:

@@ -196,7 +196,13 @@ def footer(analysis: Analysis, metric: str) -> str:
         "stationarity = ‖∇W L_data + λW‖ / ‖λW‖ (FACT must hold when it is ~0) · "
         "α* = the NFA power that fits WᵀW best, r@α* = its pearson",
     ]
-    return "\n".join(parts)
+    skipped = info.get("not_analyzed") or []
+    if skipped:
+        source = info.get("checkpoint") or "CKPT"
+        parts.append(f"{len(skipped)} weight matri{'x' if len(skipped) == 1 else 'ces'} not "
+                     f"analyzed: `fact layers {source}` lists them with the reason")
+    notes = [f"{layer.name}: {layer.note}" for layer in analysis.layers if layer.note]
+    return "\n".join(parts + notes)
 
 
 def emit(analysis: Analysis, format: str, metric: str = "pearson") -> None:

@@ -364,13 +364,13 @@ def stored_matrix(source: Source, layer: str, name: str) -> torch.Tensor:
 
 
 def weight_features(model: torch.nn.Module, label: str) -> Source:
-    """NFM = WᵀW and bNFM = WWᵀ of every Linear layer, straight from the weights (no data)."""
-    from ..engine.analysis import linear_layers
+    """NFM = WᵀW and bNFM = WWᵀ of every weight matrix, straight from the weights (no data)."""
+    from ..engine.analysis import select_layers
 
     matrices = {}
-    for name, layer in linear_layers(model).items():
-        W = layer.weight.detach().double()
-        matrices[name] = {"nfm": W.mT @ W, "bnfm": W @ W.mT}
+    for layer in select_layers(model):
+        W = layer.matrix(layer.parameter.detach()).double()
+        matrices[layer.name] = {"nfm": W.mT @ W, "bnfm": W @ W.mT}
     return Source(label, list(matrices), {}, matrices=matrices)
 
 

@@ -1,4 +1,4 @@
-"""`analyze(...)`: every relation for every Linear layer of a model, as data (never printed)."""
+"""`analyze(...)`: every relation for every weight matrix of a model, as data (never printed)."""
 
 from __future__ import annotations
 
@@ -21,24 +21,27 @@ from .device import resolve_device, resolve_dtype
 from .losses import check_loss
 from .metrics import METRICS
 from .results import Analysis, LayerResult
-from .sums import LayerSums, accumulate
+from .sums import Sums, accumulate
+from .uses import Layer, analyzable, parameters
 
 
-def linear_layers(model: nn.Module, patterns: list[str] | None = None) -> dict[str, nn.Linear]:
-    """Linear modules by module path, filtered by glob patterns (each must match something)."""
-    found = {name: module for name, module in model.named_modules()
-             if isinstance(module, nn.Linear)}
+def select_layers(model: nn.Module, patterns: list[str] | None = None) -> list[Layer]:
+    """The model's weight matrices, filtered by glob patterns on their names (each pattern
+    must match something)."""
+    found = analyzable(model)
     if not found:
-        raise FactError("the model has no nn.Linear layer to analyze")
+        raise FactError("the model has no weight matrix factcli can analyze "
+                        "(`fact layers` lists every parameter and why)")
     if not patterns:
         return found
-    chosen: dict[str, nn.Linear] = {}
+    chosen: set[str] = set()
     for pattern in patterns:
-        matches = [name for name in found if fnmatch.fnmatchcase(name, pattern)]
+        matches = [layer.name for layer in found if fnmatch.fnmatchcase(layer.name, pattern)]
         if not matches:
-            raise FactError(f"no layer matches {pattern!r}; layers: {', '.join(found)}")
-        chosen.update((name, found[name]) for name in matches)
-    return {name: found[name] for name in found if name in chosen}
+            raise FactError(f"no layer matches {pattern!r}; layers: "
+                            f"{', '.join(layer.name for layer in found)}")
+        chosen.update(matches)
+    return [layer for layer in found if layer.name in chosen]
 
 
 def _subsample(dataset: Dataset, max_samples: int | None, seed: int
@@ -74,6 +77,7 @@ def analyze(
     model: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     trust_model_code: bool = False,
+    max_vocab: int | None = 4096,
 ) -> Analysis:
     """Analyze a checkpoint (path or `Checkpoint`) or an `nn.Module` on its training data.
 
@@ -81,7 +85,8 @@ def analyze(
     A model factory named inside a checkpoint file runs only if `model` names it too or
     `trust_model_code=True` (it is code chosen by whoever wrote the file).
     The model is evaluated in eval mode. Sums are accumulated in float64 over batches of
-    `batch_size`, so memory does not grow with the number of samples.
+    `batch_size`, so memory does not grow with the number of samples. An embedding's forward
+    relations (vocab × vocab) are computed only up to `max_vocab` (None: always).
     """
     names = rel.check_relations(relations)
     if batch_size < 1:
@@ -129,17 +134,21 @@ def analyze(
     for module in network.modules():  # in-place activations would overwrite the captured z
         if getattr(module, "inplace", False):
             module.inplace = False
-    chosen = linear_layers(network, layers)
+    chosen = select_layers(network, layers)
+    for layer in chosen:  # the parameter's gradient is the FACT sum
+        layer.parameter.requires_grad_(True)
     x, labels, weights = _subsample(data, max_samples, seed)
     if len(x) < data.n_train:
         warnings.append(f"analyzing {len(x)} of {data.n_train} training samples: FACT and the "
                         "stationarity use the gradient of this subsample, which balances λW only "
                         "on the full data, so expect lower FACT agreement than the full set gives")
-    sums, data_loss, accuracy = _stream(network, chosen, data, x, labels, weights, loss,
-                                        rel.needs_agop(names), batch_size, progress)
-    results = [_layer_result(name, layer.weight.detach().double(), sums[name], weight_decay,
-                             alpha, names) for name, layer in chosen.items()]
+    sums = _stream(network, chosen, data, x, labels, weights, loss, rel.needs_agop(names),
+                   batch_size, progress)
+    results = [_layer_result(layer, sums, weight_decay, alpha, names, max_vocab, warnings)
+               for layer in chosen]
     penalty = sum(float(p.detach().double().pow(2).sum()) for p in network.parameters())
+    data_loss = float(sums.loss)
+    accuracy = float(sums.correct) if data.n_classes is not None else math.nan
     info.update(
         dataset=data.spec, n_samples=len(x), n_train=data.n_train, max_samples=max_samples,
         sample_seed=seed, loss=loss, weight_decay=weight_decay, alpha=alpha, relations=list(names),
@@ -148,64 +157,99 @@ def analyze(
         data_loss=data_loss, accuracy=accuracy, training=training,
         objective=data_loss + 0.5 * weight_decay * penalty
         if rel.has_scale(weight_decay) else math.nan,
+        not_analyzed=not_analyzed(network),
     )
     return Analysis(results, info, warnings)
 
 
-def _stream(network: nn.Module, chosen: dict[str, nn.Linear], data: Dataset, x: torch.Tensor,
+def not_analyzed(model: nn.Module) -> list[dict[str, Any]]:
+    """The weight matrices (≥ 2-d parameters) factcli cannot read as a matrix, with why."""
+    return [{"parameter": p.path, "kind": p.kind, "shape": list(p.shape), "reason": p.reason}
+            for p in parameters(model) if p.is_matrix and not p.layers and not p.tied_to]
+
+
+def _stream(network: nn.Module, chosen: list[Layer], data: Dataset, x: torch.Tensor,
             labels: torch.Tensor, weights: torch.Tensor | None, loss: str, agop: bool,
-            batch_size: int, progress: Callable[[int, int], None] | None
-            ) -> tuple[dict[str, LayerSums], float, float]:
-    """One pass over the data in batches: the per-layer sums (already divided by n, or
-    weighted), the data loss Σ w_i ℓ_i and the (weighted) training accuracy."""
+            batch_size: int, progress: Callable[[int, int], None] | None) -> Sums:
+    """One pass over the data in batches: the per-layer sums, the data loss Σ w_i ℓ_i and the
+    (weighted) training accuracy, all as weighted means."""
     parameter = next(network.parameters())
     device, dtype = parameter.device, parameter.dtype
     targets = Dataset(data.spec, x, labels, n_classes=data.n_classes).targets(loss)
-    sums = {name: LayerSums.zeros(layer, device) for name, layer in chosen.items()}
-    data_loss = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.float64, device=device)
+    sums = Sums.zeros(chosen, device)
     n = len(x)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         batch_t = targets[start:stop].to(device)
         if batch_t.is_floating_point():
             batch_t = batch_t.to(dtype)
+        batch_x = x[start:stop].to(device)
+        if batch_x.is_floating_point():  # token ids stay integers
+            batch_x = batch_x.to(dtype)
         batch_w = None if weights is None else weights[start:stop].to(device)
         try:
-            losses, output = accumulate(network, chosen, sums, x[start:stop].to(device, dtype),
-                                        batch_t, batch_w, loss, outputs=agop)
-        except RuntimeError as error:
+            _, output = accumulate(network, chosen, sums, batch_x, batch_t, batch_w, loss,
+                                   outputs=agop)
+        except (RuntimeError, IndexError, TypeError, ValueError) as error:
             if start == 0:
-                first = str(error).strip().splitlines()[0]
+                first = str(error).strip().splitlines()[0] if str(error).strip() else \
+                    type(error).__name__
                 raise FactError(f"the model does not fit dataset {data.spec!r} (inputs of shape "
                                 f"{tuple(x.shape[1:])}, {loss} targets): {first}") from None
             raise
-        share = 1.0 / n if batch_w is None else batch_w
-        data_loss += (losses.double() * share).sum()
         if data.n_classes is not None and output.shape[1] == data.n_classes:
-            hits = output.argmax(dim=1) == labels[start:stop].to(device)
-            correct += (hits.double() * share).sum()
+            hits = (output.argmax(dim=1) == labels[start:stop].to(device)).double()
+            sums.correct += hits.sum() if batch_w is None else (hits * batch_w.double()).sum()
         if progress:
             progress(stop, n)
-    if weights is None:
-        for total in sums.values():
-            total.scale(1.0 / n)
-    return sums, float(data_loss), float(correct) if data.n_classes is not None else math.nan
+    return sums.finalize()
 
 
-def _layer_result(name: str, W: torch.Tensor, sums: LayerSums, weight_decay: float | None,
-                  alpha: float, names: tuple[str, ...]) -> LayerResult:
-    matrices, fitted = rel.compute(W, sums, weight_decay, alpha, names)
+def _layer_result(layer: Layer, sums: Sums, weight_decay: float | None, alpha: float,
+                  names: tuple[str, ...], max_vocab: int | None,
+                  warnings: list[str]) -> LayerResult:
+    W = layer.matrix(layer.parameter.detach()).double()
+    total = sums.layers[layer.name]
+    kept, note = _available(layer, W, sums, names, max_vocab, warnings)
+    matrices, fitted = rel.compute(W, total, weight_decay, alpha, kept)
     matrices = {key: value.cpu() for key, value in matrices.items()}
     metrics = {}
-    for relation in names:
+    for relation in kept:
         reference, candidate = matrices[rel.reference(relation)], matrices[relation]
         values = {metric: fn(reference, candidate) for metric, fn in METRICS.items()}
         if relation not in rel.FACT_FAMILY or not rel.has_scale(weight_decay):
             values["rel_err"] = math.nan
         metrics[relation] = values
-    return LayerResult(name, W.shape[1], W.shape[0], rel.stationarity(W, sums, weight_decay),
-                       matrices, metrics, *fitted)
+    return LayerResult(layer.name, W.shape[1], W.shape[0],
+                       rel.stationarity(W, total, weight_decay), matrices, metrics, *fitted,
+                       kind=layer.kind, uses=sums.uses[layer.name], note=note)
+
+
+def _available(layer: Layer, W: torch.Tensor, sums: Sums, names: tuple[str, ...],
+               max_vocab: int | None, warnings: list[str]) -> tuple[tuple[str, ...], str]:
+    """The relations this layer can give, and a note on how its sums were formed."""
+    kept, notes = names, []
+    name = layer.name
+    if name in sums.unseen or not sums.uses[name]:
+        why = (f"its weight is also read by {sums.unseen[name]}, which factcli cannot follow"
+               if name in sums.unseen else "no use of it in the forward")
+        kept = tuple(r for r in kept if r not in rel.PER_USE)
+        if len(kept) < len(names):
+            warnings.append(f"{name}: AGOP, NFA and eNFA relations not computed ({why}); "
+                            "FACT and bFACT come from the parameter's gradient")
+        notes.append(f"AGOP family not computed: {why}")
+    if layer.kind == "embedding" and max_vocab is not None and W.shape[1] > max_vocab:
+        kept = tuple(r for r in kept if r not in rel.FORWARD)
+        warnings.append(f"{name}: vocabulary {W.shape[1]} > {max_vocab}, forward (vocab×vocab) "
+                        "relations skipped; raise --max-vocab to compute them")
+        notes.append(f"forward relations skipped (vocabulary {W.shape[1]} > {max_vocab})")
+    if sums.flipped[name]:
+        notes.append(f"tied: FACT and stationarity from the full gradient ({sums.uses[name]} "
+                     f"use(s) as W, {sums.flipped[name]} as Wᵀ); AGOP family from the "
+                     f"{sums.uses[name]} use(s) as W")
+    elif sums.uses[name] > 1:
+        notes.append(f"{sums.uses[name]} uses per sample, each row of each use one term")
+    return kept, "; ".join(notes)
 
 
 def _fingerprint_warnings(data: Dataset, training: dict[str, Any]) -> list[str]:

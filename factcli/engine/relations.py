@@ -14,11 +14,11 @@ import math
 import torch
 
 from ..errors import FactError
-from .conventions import AGOP_FAMILY, BACKWARD, FACT_FAMILY, FORWARD, RELATIONS
-from .linalg import psd_power, sqrt_outer
+from .conventions import AGOP_FAMILY, BACKWARD, FACT_FAMILY, FORWARD, PER_USE, RELATIONS
+from .linalg import sqrt_outer
 from .sums import LayerSums
 
-__all__ = ["BACKWARD", "FACT_FAMILY", "FORWARD", "RELATIONS", "compute", "best_alpha",
+__all__ = ["BACKWARD", "FACT_FAMILY", "FORWARD", "PER_USE", "RELATIONS", "compute", "best_alpha",
            "fit_alpha"]
 
 
@@ -75,7 +75,7 @@ def compute(W: torch.Tensor, sums: LayerSums, weight_decay: float | None, alpha:
         "bfact_sym": lambda: _sym(get("bfact")),
         "bfact_sqrt": lambda: sqrt_outer(step, W.mT),
         "bagop": lambda: sums.GG.clone(),
-        "bnfa": lambda: psd_power(sums.GG, alpha),
+        "bnfa": lambda: spectral_power(*_gram_spectrum(sums.GG), alpha),
         "benfa": lambda: sums.gg.clone(),
     }
     cache: dict[str, torch.Tensor] = {}
@@ -99,10 +99,22 @@ def agop_spectrum(W: torch.Tensor, GG: torch.Tensor) -> tuple[torch.Tensor, torc
     factor keeps those directions exactly zero, where eigh of the product would leave
     round-off that a power α < 1 inflates (ε^α). It is also O(m²k) instead of O(k³).
     """
-    eigenvalues, eigenvectors = torch.linalg.eigh((GG + GG.mT) / 2)
-    factor = eigenvalues.clamp(min=0).sqrt().unsqueeze(-1) * (eigenvectors.mT @ W)
+    eigenvalues, eigenvectors = _gram_spectrum(GG)
+    factor = eigenvalues.sqrt().unsqueeze(-1) * (eigenvectors.mT @ W)
     _, singular, right = torch.linalg.svd(factor, full_matrices=False)
     return singular.pow(2), right.mT
+
+
+def _gram_spectrum(GG: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """eigh of the PSD sum GG with round-off-level eigenvalues set to 0.
+
+    eigh's eigenvalues carry an absolute error of about m·ε·λ_max, so an exact null direction
+    of GG (a LayerNorm after the layer makes one: G·1 = 0) comes back as ±1e-17·λ_max, which a
+    power α = 1/2 would turn into a spurious √ε. Below that error level a value is zero.
+    """
+    eigenvalues, eigenvectors = torch.linalg.eigh((GG + GG.mT) / 2)
+    floor = 8 * GG.shape[-1] * torch.finfo(GG.dtype).eps * eigenvalues.abs().max()
+    return torch.where(eigenvalues > floor, eigenvalues, 0.0), eigenvectors
 
 
 def spectral_power(eigenvalues: torch.Tensor, eigenvectors: torch.Tensor,

@@ -30,6 +30,8 @@ class LayerResult:
     best_alpha: float = math.nan
     best_alpha_pearson: float = math.nan  # pearson(NFM, AGOP^α*), the fitted curve's best value
     kind: str = "linear"
+    uses: int = 1           # uses of W per sample (an attention block, a shared layer: more)
+    note: str = ""          # how the sums were formed when that is not the plain case
 
     def __repr__(self) -> str:
         return (f"LayerResult({self.name!r}, {self.in_features}→{self.out_features}, "

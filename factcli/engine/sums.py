@@ -1,27 +1,36 @@
-"""Per-layer sums gathered from one forward and one batched backward per batch.
+"""Per-layer float64 sums over the data: zeros, add a batch, merge, finalize.
 
-For a Linear z = W h (+ b) with output gradients G_i = ∂f(x_i)/∂z ∈ R^{c×m} and loss gradient
-g_i = ∂ℓ_i/∂z = G_iᵀ ∂ℓ_i/∂f, every relation of relations.md §2–3 is a function of W and three
-float64 sums, each weighted by the sample weight w_i (1/n unless the dataset is weighted):
+For a weight matrix W (m×k) with uses z = W h (capture.py), output gradients G = ∂f/∂z
+(c×m per row of z) and loss gradients g = ∂ℓ_i/∂z, every relation of relations.md §2–3 is a
+function of W and three sums, each term weighted by the sample weight w_i:
 
-    grad = Σ_i w_i g_i h_iᵀ  (m×k)   = ∇_W L_data: FACT, bFACT, stationarity
-    gg   = Σ_i w_i g_i g_iᵀ  (m×m)   : bENFA, and ENFA = Wᵀ gg W
-    GG   = Σ_i w_i G_iᵀ G_i  (m×m)   : bAGOP, and AGOP = Wᵀ GG W
+    grad = Σ_i w_i ∇_W ℓ_i        (m×k): FACT, bFACT, stationarity — from the *parameter's*
+                                  gradient, which counts every use (tied, shared, positions)
+    gg   = Σ_i w_i Σ_rows g gᵀ    (m×m): bENFA, and ENFA = Wᵀ gg W
+    GG   = Σ_i w_i Σ_rows Gᵀ G    (m×m): bAGOP, and AGOP = Wᵀ GG W
 
-A position axis (tokens, patches) adds one term per (sample, position). g_i is obtained from
-the batched output gradients, so no separate backward pass of the loss is needed.
+A row is one position of one use (a token, a patch, a second call of a shared layer). Which
+axis of z is the batch never matters: g and G come from backward passes of losses and probes
+that carry √w_i per sample, so every row arrives already weighted.
+
+Lifecycle, so that batches, ranks and shards combine the same way: `Sums.zeros`, `accumulate`
+(one batch), `merge` (another `Sums`; or all-reduce `tensors()` with SUM), `finalize` (divide
+by the total weight). The sums are totals until finalized.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from ..errors import FactError
+from .capture import Capture
 from .losses import per_sample_loss
+from .sketch import basis_probes, block_size, probe_products
+from .uses import Layer
 
 
 @dataclass
@@ -31,64 +40,84 @@ class LayerSums:
     GG: torch.Tensor
 
     @classmethod
-    def zeros(cls, layer: nn.Linear, device: torch.device) -> LayerSums:
-        m, k = layer.weight.shape
+    def zeros(cls, m: int, k: int, device: torch.device | str = "cpu") -> LayerSums:
         def zero(*shape: int) -> torch.Tensor:
             return torch.zeros(*shape, dtype=torch.float64, device=device)
         return cls(zero(m, k), zero(m, m), zero(m, m))
 
-    def scale(self, factor: float) -> None:
-        for total in (self.grad, self.gg, self.GG):
-            total *= factor
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.grad, self.gg, self.GG]
 
 
+@dataclass
+class Sums:
+    """Totals over the batches seen so far: per-layer sums, Σ w_i ℓ_i, Σ w_i·[correct], Σ w_i.
 
-@contextlib.contextmanager
-def captured(layers: dict[str, nn.Linear]) -> Iterator[dict[str, list]]:
-    """Record (input, output) of every call of each layer; hooks are removed on exit."""
-    calls: dict[str, list] = {name: [] for name in layers}
-    handles = [
-        layer.register_forward_hook(lambda _m, args, output, name=name:
-                                    calls[name].append((args[0], output)))
-        for name, layer in layers.items()
-    ]
-    try:
-        yield calls
-    finally:
-        for handle in handles:
-            handle.remove()
+    `uses` and `flipped` count a layer's uses (matrix and transposed orientation) in the first
+    batch seen; `unseen` names an operation that read a layer's weight in a way capture does not
+    understand (then its AGOP family is not computed)."""
+
+    layers: dict[str, LayerSums]
+    loss: torch.Tensor
+    correct: torch.Tensor
+    weight: torch.Tensor
+    uses: Counter[str] = field(default_factory=Counter)
+    flipped: Counter[str] = field(default_factory=Counter)
+    unseen: dict[str, str] = field(default_factory=dict)
+    batches: int = 0
+
+    @classmethod
+    def zeros(cls, layers: list[Layer], device: torch.device | str = "cpu") -> Sums:
+        def scalar() -> torch.Tensor:
+            return torch.zeros((), dtype=torch.float64, device=device)
+        return cls({layer.name: LayerSums.zeros(*layer.shape, device) for layer in layers},
+                   scalar(), scalar(), scalar())
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every total, in a fixed order: what a data-parallel run all-reduces (SUM)."""
+        return [t for total in self.layers.values() for t in total.tensors()] + [
+            self.loss, self.correct, self.weight]
+
+    def merge(self, other: Sums) -> None:
+        """Add another shard's totals (same layers) to these."""
+        if self.layers.keys() != other.layers.keys():
+            raise FactError("cannot merge sums over different layers")
+        for mine, theirs in zip(self.tensors(), other.tensors()):
+            mine += theirs.to(mine.device)
+        for name, count in other.uses.items():
+            self.uses[name] = max(self.uses[name], count)
+        for name, count in other.flipped.items():
+            self.flipped[name] = max(self.flipped[name], count)
+        for name, what in other.unseen.items():
+            self.unseen.setdefault(name, what)
+        self.batches += other.batches
+
+    def finalize(self) -> Sums:
+        """The weighted means (each total divided by Σ w_i), as a new `Sums`."""
+        total = float(self.weight)
+        if not total > 0:
+            raise FactError("no samples were seen")
+        layers = {name: LayerSums(*(t / total for t in sums.tensors()))
+                  for name, sums in self.layers.items()}
+        return Sums(layers, self.loss / total, self.correct / total, self.weight / total,
+                    Counter(self.uses), Counter(self.flipped), dict(self.unseen), self.batches)
 
 
-JACOBIAN_BUDGET = 512 * 2**20  # bytes of output Jacobians held at once (per chunk of outputs)
-
-
-def output_gradients(output: torch.Tensor, inputs: list[torch.Tensor], chunk: int
-                     ) -> Iterator[tuple[slice, tuple[torch.Tensor, ...]]]:
-    """∂f_k/∂z for the c outputs, `chunk` outputs per backward batched over them (vmap).
-
-    Chunking bounds memory at chunk × batch × Σm values however many outputs the model has.
-    """
-    c = output.shape[1]
-    eye = torch.eye(c, dtype=output.dtype, device=output.device)
-    for start in range(0, c, chunk):
-        rows = slice(start, min(start + chunk, c))
-        basis = eye[rows].unsqueeze(1).expand(-1, *output.shape)
-        yield rows, _batched_grad(output, inputs, basis)
-
-
-def _batched_grad(output: torch.Tensor, inputs: list[torch.Tensor],
-                  basis: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    options = dict(retain_graph=True, allow_unused=True, materialize_grads=True)
-    try:
-        return torch.autograd.grad(output, inputs, grad_outputs=basis, is_grads_batched=True,
-                                   **options)
-    except RuntimeError as error:
-        if "vmap" not in str(error).lower() and "batched" not in str(error).lower():
-            raise
-    # An operation without a batching rule: one backward per output instead.
-    per_output = [torch.autograd.grad(output, inputs, grad_outputs=row, **options)
-                  for row in basis]
-    return tuple(torch.stack(grads) for grads in zip(*per_output))
+def model_output(value) -> torch.Tensor:
+    """The tensor a model returns: itself, `.logits` of an HF ModelOutput, or the first tensor
+    of a tuple/list/dict."""
+    if isinstance(value, torch.Tensor):
+        return value
+    logits = value.get("logits") if isinstance(value, dict) else getattr(value, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    items = value.values() if isinstance(value, dict) else value \
+        if isinstance(value, (list, tuple)) else ()
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            return item
+    raise FactError(f"the model returned a {type(value).__name__}, not a tensor (nor a tuple, "
+                    "dict or ModelOutput holding one)")
 
 
 def _add_product(total: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
@@ -96,45 +125,59 @@ def _add_product(total: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -
     total += (left.mT @ right).double()
 
 
-def accumulate(model: nn.Module, layers: dict[str, nn.Linear], sums: dict[str, LayerSums],
-               x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
-               loss: str, outputs: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Add one batch to `sums`; returns (per-sample loss ℓ_i, model output) for bookkeeping.
+def accumulate(model: nn.Module, layers: list[Layer], sums: Sums, x: torch.Tensor,
+               target: torch.Tensor, weight: torch.Tensor | None, loss: str,
+               outputs: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add one batch to `sums`; returns (per-sample loss ℓ_i, model output (n, c)).
 
-    `weight` holds the per-sample weights w_i, or None for plain sums (the caller then divides
-    by n). With `outputs=False` no AGOP is needed: one backward of the summed loss gives g and
-    `GG` stays zero, c times less work than the backward of the c outputs.
+    `weight` holds the per-sample weights w_i, or None for w_i = 1. With `outputs=False` no
+    AGOP is needed and the c-probe batched backward is skipped: one backward of the loss.
     """
-    with captured(layers) as calls, torch.enable_grad():
-        output = model(x).reshape(len(x), -1)
-        flat = [(name, h, z) for name in layers for h, z in calls[name]]
-        zs = [z for _, _, z in flat]
-        if outputs:
-            leaf = output.detach().requires_grad_()
-            losses = per_sample_loss(loss, leaf, target)
-            (dloss,) = torch.autograd.grad(losses.sum(), leaf)  # row i: ∂ℓ_i/∂f(x_i)
-            g_parts = [torch.zeros_like(z) for z in zs]
-            per_output = sum(z.numel() for z in zs) * output.element_size()
-            chunk = max(1, min(output.shape[1], JACOBIAN_BUDGET // max(per_output, 1)))
-            for rows, gradients in output_gradients(output, zs, chunk):
-                for index, ((name, _, _), G) in enumerate(zip(flat, gradients)):
-                    spread = [1] * (G.ndim - 2)  # position axes, if any
-                    g_parts[index] += (G * dloss.mT[rows].reshape(*G.shape[:2], *spread)).sum(0)
-                    Gw = G if weight is None else G * _weights(weight, G.ndim - 1, G.dtype)
-                    _add_product(sums[name].GG, Gw.reshape(-1, G.shape[-1]),
-                                 G.reshape(-1, G.shape[-1]))
-        else:
-            losses = per_sample_loss(loss, output, target)
-            g_parts = list(torch.autograd.grad(losses.sum(), zs, allow_unused=True,
-                                               materialize_grads=True))
-    for (name, h, _), g in zip(flat, g_parts):
-        m, k = g.shape[-1], h.shape[-1]
-        gw = g if weight is None else g * _weights(weight, g.ndim, g.dtype)
-        _add_product(sums[name].grad, gw.reshape(-1, m), h.detach().reshape(-1, k))
-        _add_product(sums[name].gg, gw.reshape(-1, m), g.reshape(-1, m))
-    return losses.detach(), output.detach()
-
-
-def _weights(weight: torch.Tensor, ndim: int, dtype: torch.dtype) -> torch.Tensor:
-    """w_i shaped to broadcast over a (…, batch, positions…, m) tensor of `ndim` trailing axes."""
-    return weight.to(dtype).reshape(-1, *[1] * (ndim - 1))
+    with Capture(layers) as capture, torch.enable_grad():
+        output = model_output(model(x))
+    if output.ndim == 0 or len(output) != len(x):
+        raise FactError(f"the model returned shape {tuple(output.shape)} for a batch of "
+                        f"{len(x)}: expected one row of outputs per sample")
+    output = output.reshape(len(x), -1)
+    if not output.is_floating_point():
+        raise FactError(f"the model returned {output.dtype} values, not floating-point outputs")
+    parameters = list({id(layer.parameter): layer.parameter for layer in layers}.values())
+    zs = [use.z for use in capture.uses]
+    losses = per_sample_loss(loss, output, target)
+    root = None if weight is None else weight.to(losses.dtype).sqrt()
+    options = dict(allow_unused=True, materialize_grads=True)
+    if weight is None:  # w_i = 1: one backward gives both ∇_θ Σ ℓ_i and every g
+        grads = torch.autograd.grad(losses.sum(), parameters + zs, retain_graph=outputs,
+                                    **options)
+        gradients, gs = grads[:len(parameters)], grads[len(parameters):]
+    else:
+        gradients = torch.autograd.grad((losses * weight.to(losses.dtype)).sum(), parameters,
+                                        retain_graph=True, **options)
+        gs = torch.autograd.grad((losses * root).sum(), zs, retain_graph=outputs, **options) \
+            if zs else ()
+    by_parameter = {id(p): g for p, g in zip(parameters, gradients)}
+    for layer in layers:
+        gradient = by_parameter[id(layer.parameter)]
+        if gradient.is_sparse:  # nn.Embedding(sparse=True)
+            gradient = gradient.to_dense()
+        sums.layers[layer.name].grad += layer.matrix(gradient).double()
+    for use, g in zip(capture.uses, gs):
+        rows = use.rows(g)
+        _add_product(sums.layers[use.layer.name].gg, rows, rows)
+    if outputs and zs:
+        block = block_size(output, zs, scaled=root is not None)
+        for probes in basis_probes(output, root, block):
+            for use, G in zip(capture.uses, probe_products(output, zs, probes)):
+                rows = use.rows(G, lead=1)
+                _add_product(sums.layers[use.layer.name].GG, rows, rows)
+    losses = losses.detach()
+    sums.loss += losses.double().sum() if weight is None else (losses.double() *
+                                                               weight.double()).sum()
+    sums.weight += len(x) if weight is None else weight.double().sum()
+    if not sums.batches:
+        sums.uses.update(use.layer.name for use in capture.uses)
+        sums.flipped.update(capture.flipped)
+    for name, what in capture.unseen.items():
+        sums.unseen.setdefault(name, what)
+    sums.batches += 1
+    return losses, output.detach()

@@ -26,7 +26,7 @@ FORMAT = "factcli.report/1"
 # Provenance stored as plain attributes, in this order; dicts and lists go in as JSON text.
 _ATTRS = ("checkpoint", "checkpoint_sha256", "dataset", "n_samples", "loss", "weight_decay",
           "alpha", "device", "dtype", "torch_version")
-_JSON_ATTRS = ("model", "training", "relations", "warnings")
+_JSON_ATTRS = ("model", "training", "relations", "warnings", "not_analyzed")
 DEFAULT_MATRICES = ("nfm", "bnfm", "fact", "nfa")
 MATRIX_DTYPES = ("float32", "float64")
 _METRIC_COLUMNS = ("pearson", "cosine", "rel_err", "stationarity", "best_alpha",
@@ -123,7 +123,8 @@ def write_report(path: str | os.PathLike, analysis: Analysis, command: str = "",
             group.attrs.update(name=layer.name, in_features=layer.in_features,
                                out_features=layer.out_features, kind=layer.kind,
                                stationarity=layer.stationarity, best_alpha=layer.best_alpha,
-                               best_alpha_pearson=layer.best_alpha_pearson)
+                               best_alpha_pearson=layer.best_alpha_pearson, uses=layer.uses,
+                               note=layer.note)
             for name in chosen:
                 if name not in layer.matrices:
                     continue
@@ -207,7 +208,8 @@ def read_report(path: str | os.PathLike) -> Analysis:
                 metrics=metrics.get(a.get("name", key), {}),
                 best_alpha=float(a.get("best_alpha", math.nan)),
                 best_alpha_pearson=float(a.get("best_alpha_pearson", math.nan)),
-                kind=a.get("kind", "linear")))
+                kind=a.get("kind", "linear"), uses=int(a.get("uses", 1)),
+                note=str(a.get("note", ""))))
     return Analysis(layers, info, list(info.get("warnings", [])))
 
 
