@@ -380,3 +380,19 @@ def test_fact_holds_at_a_critical_point_of_each_kind(factory, shape):
         assert layer.stationarity < 1e-6, layer.name
         for name in ("fact", "bfact"):
             assert layer.metrics[name]["rel_err"] < 1e-6, (layer.name, name)
+
+
+def test_the_fact_family_alone_needs_only_the_parameters_gradient():
+    """No per-use relation asked for: no g, no G, the same FACT, bFACT and stationarity."""
+    torch.manual_seed(0)
+    model = TiedEmbedding().double()
+    data = data_for(torch.randint(0, 7, (6, 3)), classes=7, weighted=True)
+    full = analyze(model, data, loss="cross_entropy", weight_decay=1e-3, batch_size=4)
+    names = ["fact", "fact_sym", "fact_sqrt", "bfact", "bfact_sym", "bfact_sqrt"]
+    alone = analyze(model, data, loss="cross_entropy", weight_decay=1e-3, batch_size=4,
+                    relations=names)
+    for a, b in zip(full.layers, alone.layers):
+        assert b.stationarity == pytest.approx(a.stationarity, rel=1e-12)
+        assert list(b.metrics) == names
+        for name in names:
+            assert relative(b.matrices[name], a.matrices[name]) < 1e-12, (a.name, name)

@@ -69,7 +69,7 @@ def model_overrides(arch: str | None, model: str | None) -> dict | None:
 
 def run_analysis(checkpoint: str, data, data_dir, arch, model, loss, weight_decay, alpha,
                  relations, layers, device, batch_size, max_samples, seed, dtype,
-                 trust_model_code=False, offline=False):
+                 trust_model_code=False, offline=False, max_vocab=4096):
     """Shared by `analyze` and `compare`: load, analyze with a progress bar, print warnings."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -87,6 +87,7 @@ def run_analysis(checkpoint: str, data, data_dir, arch, model, loss, weight_deca
                          device=device, batch_size=batch_size, max_samples=max_samples,
                          seed=seed, dtype=dtype, data_dir=data_dir, model=overrides,
                          trust_model_code=trust_model_code, offline=offline or None,
+                         max_vocab=max_vocab if max_vocab else None,
                          progress=lambda done, total: bar.update(task, completed=done,
                                                                  total=total))
     result.info["checkpoint"] = checkpoint
@@ -136,6 +137,9 @@ def analyze_command(
     plot: Annotated[Optional[Path], typer.Option(
         help="Also draw the per-layer agreement bars here (.png, .svg, .pdf; needs "
              "factcli[plot]).")] = None,
+    max_vocab: Annotated[int, typer.Option(
+        help="Largest embedding vocabulary whose forward (vocab×vocab) relations are computed; "
+        "0: no limit.")] = 4096,
 ) -> None:
     """FACT, bFACT, NFA, eNFA and variants for every layer, with their agreement with WᵀW/WWᵀ."""
     from ..errors import FactError
@@ -148,6 +152,8 @@ def analyze_command(
     stored = () if no_matrices else choose_matrices(matrices)
     if matrix_dtype not in MATRIX_DTYPES:
         raise FactError(f"unknown --matrix-dtype {matrix_dtype!r}; choose float32 or float64")
+    if max_vocab < 0:
+        raise FactError(f"--max-vocab must be 0 (no limit) or positive (got {max_vocab})")
     if report is not None:
         make_parent(report)
         check_writable(report)
@@ -157,7 +163,7 @@ def analyze_command(
         check_output(plot)
     result = run_analysis(checkpoint, data, data_dir, arch, model, loss, weight_decay, alpha,
                           relations, layers, device, batch_size, max_samples, seed, dtype,
-                          trust_model_code, offline)
+                          trust_model_code, offline, max_vocab)
     if report is not None:
         write_report(report, result, command=shlex.join(["fact", *sys.argv[1:]]),
                      matrices=stored, matrix_dtype=matrix_dtype)

@@ -143,7 +143,7 @@ def analyze(
                         "stationarity use the gradient of this subsample, which balances λW only "
                         "on the full data, so expect lower FACT agreement than the full set gives")
     sums = _stream(network, chosen, data, x, labels, weights, loss, rel.needs_agop(names),
-                   batch_size, progress)
+                   bool(rel.PER_USE.intersection(names)), batch_size, progress)
     results = [_layer_result(layer, sums, weight_decay, alpha, names, max_vocab, warnings)
                for layer in chosen]
     penalty = sum(float(p.detach().double().pow(2).sum()) for p in network.parameters())
@@ -170,7 +170,7 @@ def not_analyzed(model: nn.Module) -> list[dict[str, Any]]:
 
 def _stream(network: nn.Module, chosen: list[Layer], data: Dataset, x: torch.Tensor,
             labels: torch.Tensor, weights: torch.Tensor | None, loss: str, agop: bool,
-            batch_size: int, progress: Callable[[int, int], None] | None) -> Sums:
+            per_use: bool, batch_size: int, progress: Callable[[int, int], None] | None) -> Sums:
     """One pass over the data in batches: the per-layer sums, the data loss Σ w_i ℓ_i and the
     (weighted) training accuracy, all as weighted means."""
     parameter = next(network.parameters())
@@ -189,7 +189,7 @@ def _stream(network: nn.Module, chosen: list[Layer], data: Dataset, x: torch.Ten
         batch_w = None if weights is None else weights[start:stop].to(device)
         try:
             _, output = accumulate(network, chosen, sums, batch_x, batch_t, batch_w, loss,
-                                   outputs=agop)
+                                   outputs=agop, per_use=per_use)
         except (RuntimeError, IndexError, TypeError, ValueError) as error:
             if start == 0:
                 first = str(error).strip().splitlines()[0] if str(error).strip() else \

@@ -127,11 +127,12 @@ def _add_product(total: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -
 
 def accumulate(model: nn.Module, layers: list[Layer], sums: Sums, x: torch.Tensor,
                target: torch.Tensor, weight: torch.Tensor | None, loss: str,
-               outputs: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+               outputs: bool = True, per_use: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Add one batch to `sums`; returns (per-sample loss ℓ_i, model output (n, c)).
 
     `weight` holds the per-sample weights w_i, or None for w_i = 1. With `outputs=False` no
-    AGOP is needed and the c-probe batched backward is skipped: one backward of the loss.
+    AGOP is needed and the c-probe batched backward is skipped: one backward of the loss. With
+    `per_use=False` (the FACT family only) not even g is: the backward is the parameters' alone.
     """
     with Capture(layers) as capture, torch.enable_grad():
         output = model_output(model(x))
@@ -142,7 +143,7 @@ def accumulate(model: nn.Module, layers: list[Layer], sums: Sums, x: torch.Tenso
     if not output.is_floating_point():
         raise FactError(f"the model returned {output.dtype} values, not floating-point outputs")
     parameters = list({id(layer.parameter): layer.parameter for layer in layers}.values())
-    zs = [use.z for use in capture.uses]
+    zs = [use.z for use in capture.uses] if per_use else []
     losses = per_sample_loss(loss, output, target)
     root = None if weight is None else weight.to(losses.dtype).sqrt()
     options = dict(allow_unused=True, materialize_grads=True)
@@ -161,10 +162,10 @@ def accumulate(model: nn.Module, layers: list[Layer], sums: Sums, x: torch.Tenso
         if gradient.is_sparse:  # nn.Embedding(sparse=True)
             gradient = gradient.to_dense()
         sums.layers[layer.name].grad += layer.matrix(gradient).double()
-    for use, g in zip(capture.uses, gs):
+    for use, g in zip(capture.uses if per_use else (), gs):
         rows = use.rows(g)
         _add_product(sums.layers[use.layer.name].gg, rows, rows)
-    if outputs and zs:
+    if outputs and per_use and zs:
         block = block_size(output, zs, scaled=root is not None)
         for probes in basis_probes(output, root, block):
             for use, G in zip(capture.uses, probe_products(output, zs, probes)):
