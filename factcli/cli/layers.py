@@ -46,27 +46,24 @@ def layers_command(
 
 
 def _table(rows: list[dict]) -> None:
-    from rich import box
-    from rich.table import Table
     from rich.text import Text
 
-    table = Table(header_style="bold", box=box.SIMPLE_HEAD, collapse_padding=True,
-                  pad_edge=False)
-    for column, justify in (("parameter", "left"), ("layer", "left"), ("kind", "left"),
-                            ("shape", "right"), ("W m×k", "right"), ("uses", "right"),
-                            ("analyzed", "left")):
-        table.add_column(column, justify=justify, no_wrap=column != "analyzed")
+    from .render import Cell, Grid, print_grid
+
+    grid = Grid("", ["parameter", "layer", "kind", "shape", "W m×k", "uses", "analyzed"], [],
+                left=frozenset({"parameter", "layer", "kind", "analyzed"}),
+                wrap=frozenset({"analyzed"}))
     for row in rows:
         matrix = f"{row['m']}×{row['k']}" if row["m"] is not None else "–"
         uses = "–" if row["uses"] is None else str(row["uses"])
         if row["flipped"]:
             uses += f" (+{row['flipped']} as Wᵀ)"
-        verdict = Text("yes", style="green") if row["analyzed"] else Text(
-            f"no: {row['reason']}", style="dim" if len(row["shape"]) < 2 else "yellow")
-        table.add_row(row["parameter"], row["layer"] or "–", row["kind"],
-                      "×".join(map(str, row["shape"])) or "scalar", matrix, uses, verdict)
-    out.print(table)
+        verdict = Cell("yes", "green") if row["analyzed"] else Cell(
+            f"no: {row['reason']}", "dim" if len(row["shape"]) < 2 else "yellow")
+        grid.add(row["parameter"], row["layer"] or "–", row["kind"],
+                 "×".join(map(str, row["shape"])) or "scalar", matrix, uses, verdict)
+    print_grid(grid)
     matrices = [row for row in rows if len(row["shape"]) >= 2 and not row["tied_to"]]
     skipped = sorted({row["parameter"] for row in matrices if not row["analyzed"]})
     out.print(Text(f"{len(matrices)} weight matrices, {len(skipped)} not analyzed"
-                   + (f": {', '.join(skipped)}" if skipped else ""), style="dim"))
+                   + (f": {', '.join(skipped)}" if skipped else ""), style="dim"), soft_wrap=True)
