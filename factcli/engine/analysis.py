@@ -7,6 +7,7 @@ import fnmatch
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -62,6 +63,72 @@ def analyze(
     source: str | os.PathLike | Checkpoint | nn.Module,
     dataset: str | Dataset | None = None,
     *,
+    progress: Callable[[int, int], None] | None = None,
+    **options: Any,
+) -> Analysis:
+    """Analyze a checkpoint (path or `Checkpoint`) or an `nn.Module` on its training data.
+
+    Options are those of `prepare`. Arguments left as None come from the checkpoint's
+    `training` record; explicit ones win. The model is evaluated in eval mode. Sums are
+    accumulated in float64 over batches of `batch_size`, so memory does not grow with the
+    number of samples.
+    """
+    plan = prepare(source, dataset, **options)
+    return plan.finish(plan.accumulate(progress=progress))
+
+
+@dataclass
+class Plan:
+    """Everything fixed before the pass over the data: the model, the samples, the options.
+
+    `accumulate` sums any contiguous share of the samples into raw (not yet finalized) `Sums`;
+    the sums of disjoint shares add up (`Sums.merge`, or an all-reduce of `Sums.tensors()`),
+    and `finish` turns the sums over all samples into the `Analysis`. `info` is the provenance
+    a report records.
+    """
+
+    network: nn.Module
+    layers: list[Layer]
+    data: Dataset
+    x: torch.Tensor
+    labels: torch.Tensor
+    weights: torch.Tensor | None
+    loss: str
+    relations: tuple[str, ...]
+    batch_size: int
+    info: dict[str, Any]
+    warnings: list[str]
+
+    @property
+    def classified(self) -> bool:
+        return self.data.n_classes is not None
+
+    def accumulate(self, part: slice = slice(None), progress: Callable[[int, int], None] | None
+                   = None) -> Sums:
+        """The raw sums over the samples x[part] (a contiguous share; default all)."""
+        weights = None if self.weights is None else self.weights[part]
+        return _stream(self.network, self.layers, self.data, self.x[part], self.labels[part],
+                       weights, self.loss, rel.needs_agop(self.relations),
+                       bool(rel.PER_USE.intersection(self.relations)), self.batch_size, progress)
+
+    def weight_matrices(self) -> dict[str, tuple[str, torch.Tensor]]:
+        """(kind, W in float64, as the relations read it) of each analyzed layer, by name."""
+        return {layer.name: (layer.kind, layer.matrix(layer.parameter.detach()).double())
+                for layer in self.layers}
+
+    def penalty(self) -> float:
+        """Σ‖θ‖² over every parameter: the weight-decay term of the objective."""
+        return sum(float(p.detach().double().pow(2).sum()) for p in self.network.parameters())
+
+    def finish(self, sums: Sums) -> Analysis:
+        return finish(self.weight_matrices(), self.penalty(), sums, self.info, self.warnings,
+                      self.classified)
+
+
+def prepare(
+    source: str | os.PathLike | Checkpoint | nn.Module,
+    dataset: str | Dataset | None = None,
+    *,
     loss: str | None = None,
     weight_decay: float | None = None,
     alpha: float = 0.5,
@@ -75,18 +142,14 @@ def analyze(
     data_dir: str | os.PathLike | None = None,
     offline: bool | None = None,
     model: dict[str, Any] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    trust_model_code: bool = False,
     max_vocab: int | None = 4096,
-) -> Analysis:
-    """Analyze a checkpoint (path or `Checkpoint`) or an `nn.Module` on its training data.
+    trust_model_code: bool = False,
+) -> Plan:
+    """Load and check everything `analyze` needs, up to (not including) the pass over the data.
 
-    Arguments left as None come from the checkpoint's `training` record; explicit ones win.
-    A model factory named inside a checkpoint file runs only if `model` names it too or
-    `trust_model_code=True` (it is code chosen by whoever wrote the file).
-    The model is evaluated in eval mode. Sums are accumulated in float64 over batches of
-    `batch_size`, so memory does not grow with the number of samples. An embedding's forward
-    relations (vocab × vocab) are computed only up to `max_vocab` (None: always).
+    An embedding's forward relations (vocab × vocab) are computed only up to `max_vocab`
+    (None: always). A model factory named inside a checkpoint file runs only if `model` names
+    it too or `trust_model_code=True` (it is code chosen by whoever wrote the file).
     """
     names = rel.check_relations(relations)
     if batch_size < 1:
@@ -142,23 +205,31 @@ def analyze(
         warnings.append(f"analyzing {len(x)} of {data.n_train} training samples: FACT and the "
                         "stationarity use the gradient of this subsample, which balances λW only "
                         "on the full data, so expect lower FACT agreement than the full set gives")
-    sums = _stream(network, chosen, data, x, labels, weights, loss, rel.needs_agop(names),
-                   bool(rel.PER_USE.intersection(names)), batch_size, progress)
-    results = [_layer_result(layer, sums, weight_decay, alpha, names, max_vocab, warnings)
-               for layer in chosen]
-    penalty = sum(float(p.detach().double().pow(2).sum()) for p in network.parameters())
-    data_loss = float(sums.loss)
-    accuracy = float(sums.correct) if data.n_classes is not None else math.nan
     info.update(
         dataset=data.spec, n_samples=len(x), n_train=data.n_train, max_samples=max_samples,
         sample_seed=seed, loss=loss, weight_decay=weight_decay, alpha=alpha, relations=list(names),
         device=str(run_device), dtype=str(run_dtype).removeprefix("torch."),
         torch_version=torch.__version__, mode="eval", weighted=data.weights is not None,
-        data_loss=data_loss, accuracy=accuracy, training=training,
-        objective=data_loss + 0.5 * weight_decay * penalty
-        if rel.has_scale(weight_decay) else math.nan,
-        not_analyzed=not_analyzed(network),
+        training=training, not_analyzed=not_analyzed(network), max_vocab=max_vocab, world_size=1,
     )
+    return Plan(network, chosen, data, x, labels, weights, loss, names, batch_size, info,
+                warnings)
+
+
+def finish(weights: dict[str, tuple[str, torch.Tensor]], penalty: float, sums: Sums,
+           info: dict[str, Any], warnings: list[str], classified: bool) -> Analysis:
+    """The `Analysis` from the raw sums over all samples: finalize them (divide by Σ w_i),
+    then the relations and metrics of every layer (`weights`: name → (kind, W))."""
+    final, warnings = sums.finalize(), list(warnings)
+    weight_decay = info["weight_decay"]
+    names, alpha, max_vocab = tuple(info["relations"]), info["alpha"], info["max_vocab"]
+    results = [_layer_result(name, kind, W, final, weight_decay, alpha, names, max_vocab,
+                             warnings) for name, (kind, W) in weights.items()]
+    data_loss = float(final.loss)
+    info = {**info, "data_loss": data_loss,
+            "accuracy": float(final.correct) if classified else math.nan,
+            "objective": data_loss + 0.5 * weight_decay * penalty
+            if rel.has_scale(weight_decay) else math.nan}
     return Analysis(results, info, warnings)
 
 
@@ -171,8 +242,7 @@ def not_analyzed(model: nn.Module) -> list[dict[str, Any]]:
 def _stream(network: nn.Module, chosen: list[Layer], data: Dataset, x: torch.Tensor,
             labels: torch.Tensor, weights: torch.Tensor | None, loss: str, agop: bool,
             per_use: bool, batch_size: int, progress: Callable[[int, int], None] | None) -> Sums:
-    """One pass over the data in batches: the per-layer sums, the data loss Σ w_i ℓ_i and the
-    (weighted) training accuracy, all as weighted means."""
+    """One pass over the samples `x` in batches: their raw sums (see `Plan`)."""
     parameter = next(network.parameters())
     device, dtype = parameter.device, parameter.dtype
     targets = Dataset(data.spec, x, labels, n_classes=data.n_classes).targets(loss)
@@ -202,15 +272,14 @@ def _stream(network: nn.Module, chosen: list[Layer], data: Dataset, x: torch.Ten
             sums.correct += hits.sum() if batch_w is None else (hits * batch_w.double()).sum()
         if progress:
             progress(stop, n)
-    return sums.finalize()
+    return sums
 
 
-def _layer_result(layer: Layer, sums: Sums, weight_decay: float | None, alpha: float,
-                  names: tuple[str, ...], max_vocab: int | None,
-                  warnings: list[str]) -> LayerResult:
-    W = layer.matrix(layer.parameter.detach()).double()
-    total = sums.layers[layer.name]
-    kept, note = _available(layer, W, sums, names, max_vocab, warnings)
+def _layer_result(name: str, kind: str, W: torch.Tensor, sums: Sums,
+                  weight_decay: float | None, alpha: float, names: tuple[str, ...],
+                  max_vocab: int | None, warnings: list[str]) -> LayerResult:
+    total = sums.layers[name]
+    kept, note = _available(name, kind, W, sums, names, max_vocab, warnings)
     matrices, fitted = rel.compute(W, total, weight_decay, alpha, kept)
     matrices = {key: value.cpu() for key, value in matrices.items()}
     metrics = {}
@@ -220,16 +289,15 @@ def _layer_result(layer: Layer, sums: Sums, weight_decay: float | None, alpha: f
         if relation not in rel.FACT_FAMILY or not rel.has_scale(weight_decay):
             values["rel_err"] = math.nan
         metrics[relation] = values
-    return LayerResult(layer.name, W.shape[1], W.shape[0],
+    return LayerResult(name, W.shape[1], W.shape[0],
                        rel.stationarity(W, total, weight_decay), matrices, metrics, *fitted,
-                       kind=layer.kind, uses=sums.uses[layer.name], note=note)
+                       kind=kind, uses=sums.uses[name], note=note)
 
 
-def _available(layer: Layer, W: torch.Tensor, sums: Sums, names: tuple[str, ...],
+def _available(name: str, kind: str, W: torch.Tensor, sums: Sums, names: tuple[str, ...],
                max_vocab: int | None, warnings: list[str]) -> tuple[tuple[str, ...], str]:
     """The relations this layer can give, and a note on how its sums were formed."""
     kept, notes = names, []
-    name = layer.name
     if name in sums.unseen or not sums.uses[name]:
         why = (f"its weight is also read by {sums.unseen[name]}, which factcli cannot follow"
                if name in sums.unseen else "no use of it in the forward")
@@ -238,7 +306,7 @@ def _available(layer: Layer, W: torch.Tensor, sums: Sums, names: tuple[str, ...]
             warnings.append(f"{name}: AGOP, NFA and eNFA relations not computed ({why}); "
                             "FACT and bFACT come from the parameter's gradient")
         notes.append(f"AGOP family not computed: {why}")
-    if layer.kind == "embedding" and max_vocab is not None and W.shape[1] > max_vocab:
+    if kind == "embedding" and max_vocab is not None and W.shape[1] > max_vocab:
         kept = tuple(r for r in kept if r not in rel.FORWARD)
         warnings.append(f"{name}: vocabulary {W.shape[1]} > {max_vocab}, forward (vocab×vocab) "
                         "relations skipped; raise --max-vocab to compute them")

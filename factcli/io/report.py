@@ -101,6 +101,7 @@ def write_report(path: str | os.PathLike, analysis: Analysis, command: str = "",
         root["weighted"] = bool(info.get("weighted", False))
         root["matrices"] = ",".join(chosen)
         root["matrix_dtype"] = matrix_dtype
+        root["world_size"] = int(info.get("world_size", 1))  # processes or shards summed
         for key in _JSON_ATTRS:
             root[key] = json.dumps(info.get(key) if key != "warnings" else analysis.warnings)
         pairs = [(layer, relation) for layer in analysis.layers for relation in layer.metrics]
