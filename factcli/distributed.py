@@ -136,9 +136,9 @@ class Group:
 
 
 def reduced_sums(prepare: Callable[[str | None], Plan], device: str | None,
-                   shard: tuple[int, int] = (0, 1),
-                   progress: Callable[[int, int], None] | None = None,
-                   first: Callable[[], None] | None = None) -> tuple[Plan, Sums] | None:
+                 shard: tuple[int, int] = (0, 1),
+                 progress: Callable[[int, int], None] | None = None,
+                 first: Callable[[], None] | None = None) -> tuple[Plan, Sums] | None:
     """The plan and raw sums of shard `shard` = (I, N) of the samples, over every rank.
 
     `prepare(device)` builds the plan. Alone, this process sums the whole shard. In a launch,
@@ -170,14 +170,12 @@ def reduced_sums(prepare: Callable[[str | None], Plan], device: str | None,
             outer = share(len(plan.x), *shard)
             inner = share(outer.stop - outer.start, place.rank, place.world_size)
             sums = plan.accumulate(slice(outer.start + inner.start, outer.start + inner.stop),
-                                     group.watch(progress if place.rank == 0 else None))
+                                   group.watch(progress if place.rank == 0 else None))
         except _Aborted:
             failed = True
         except Exception as error:  # any failure must reach the agreement, or the others hang
             failed = True
-            group.fail(str(error) if isinstance(error, FactError) else
-                       f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
-                       if str(error).strip() else type(error).__name__)
+            group.fail(_one_line(error))
         try:
             group.agree(failed)
             group.all_reduce(sums)
@@ -187,6 +185,14 @@ def reduced_sums(prepare: Callable[[str | None], Plan], device: str | None,
         return (plan, sums) if place.rank == 0 else None
     finally:
         group.close()
+
+
+def _one_line(error: Exception) -> str:
+    """A FactError's message; anything else as its type and the first line of its message."""
+    text = str(error).strip()
+    if isinstance(error, FactError) or not text:
+        return text or type(error).__name__
+    return f"{type(error).__name__}: {text.splitlines()[0]}"
 
 
 def launch(nproc: int, command: list[str]) -> int:

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_checkpoints" / "mlp5_mnist10k.pt"
 # 301 samples: divisible neither by 2 nor by 4; batches of 64 that rank shares do not align to.
 SMALL = ("--max-samples", "301", "--batch-size", "64", "--seed", "3")
+EXACT = ("--matrices", "all", "--matrix-dtype", "float64")  # reports that keep every digit
 
 
 def relative(a, b) -> float:
@@ -116,7 +117,7 @@ def single(tmp_path_factory):
     for dtype in ("float64", "float32"):
         reports[dtype] = folder / f"{dtype}.h5"
         result = fact_inprocess("analyze", SAMPLE, *SMALL, "--dtype", dtype, "--report",
-                                reports[dtype], "-f", "jsonl")
+                                reports[dtype], *EXACT, "-f", "jsonl")
         assert result.exit_code == 0, result.output
     return {dtype: read_report(path) for dtype, path in reports.items()}
 
@@ -124,7 +125,7 @@ def single(tmp_path_factory):
 def test_torchrun_equals_the_single_run(tmp_path, single):
     report = tmp_path / "r.h5"
     result = torchrun("analyze", SAMPLE, *SMALL, "--dtype", "float64", "--report", report,
-                      "-f", "jsonl")
+                      *EXACT, "-f", "jsonl")
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 5 * 12  # rank 0 alone prints
     stored = read_report(report)
@@ -136,7 +137,7 @@ def test_torchrun_equals_the_single_run(tmp_path, single):
 def test_nproc_equals_the_single_run(tmp_path, single, dtype, rtol):
     report = tmp_path / "r.h5"
     result = fact("analyze", SAMPLE, *SMALL, "--dtype", dtype, "--report", report, "--nproc", 2,
-                  "-f", "jsonl")
+                  *EXACT, "-f", "jsonl")
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 5 * 12
     stored = read_report(report)
@@ -206,7 +207,7 @@ def test_a_conv_attention_model_on_two_ranks_equals_one(tmp_path, monkeypatch, l
     ckpt = factory_checkpoint(tmp_path, "convattn", CONV_ATTENTION, {"arch": "convattn:model"},
                               rng.standard_normal((37, 49)), rng.integers(0, 3, 37),
                               "cross_entropy")
-    args = (ckpt, "--trust-model-code", "--batch-size", "8", "-f", "jsonl")
+    args = (ckpt, "--trust-model-code", "--batch-size", "8", *EXACT, "-f", "jsonl")
     monkeypatch.syspath_prepend(tmp_path)
     assert fact_inprocess("analyze", *args, "--report", tmp_path / "one.h5").exit_code == 0
     single = read_report(tmp_path / "one.h5")
@@ -264,7 +265,7 @@ def shards(tmp_path, ckpt, *args, count=4, name="part"):
 def test_four_shards_merged_equal_the_single_run(tmp_path, single):
     parts = shards(tmp_path, SAMPLE, *SMALL, "--dtype", "float64")
     report = tmp_path / "merged.h5"
-    result = fact_inprocess("merge", *parts[::-1], "--report", report, "-f", "jsonl")
+    result = fact_inprocess("merge", *parts[::-1], "--report", report, *EXACT, "-f", "jsonl")
     assert result.exit_code == 0, result.output
     merged = read_report(report)
     assert merged.info["world_size"] == 4
