@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -222,3 +223,24 @@ def test_bad_hf_folders_give_one_line_and_exit_2(tmp_path):
         assert result.exit_code == 2, (label, result.stderr)
         assert needle in result.stderr, (label, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, (label, result.stderr)
+
+
+def test_hf_gpt2_folder_is_analyzed_with_every_projection_and_the_tied_head(tmp_path):
+    """All Conv1D projections, `wte` and the head tied to it, on integer token inputs."""
+    from factcli.data.datasets import Dataset
+    from factcli.engine.analysis import analyze
+
+    _tiny_gpt2(tmp_path / "gpt2")
+    torch.manual_seed(1)
+    tokens = torch.randint(0, 50, (6, 4))  # ids stay integer into the model
+    data = Dataset("tokens", tokens, torch.randn(6, 4 * 50))  # mse on the (6, 4·50) logits
+    result = analyze(tmp_path / "gpt2", data, loss="mse", weight_decay=1e-3, dtype="float64",
+                     relations=["fact", "nfa"])
+    layers = {layer.name: layer for layer in result.layers}
+    projections = {f"transformer.h.{i}.{part}" for i in range(2)
+                   for part in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    assert projections | {"transformer.wte", "transformer.wpe"} <= set(layers)
+    assert {layers[name].kind for name in projections} == {"conv1d_hf"}
+    wte = layers["transformer.wte"]
+    assert "tied" in wte.note and "1 as Wᵀ" in wte.note  # lm_head reads wte as Wᵀ
+    assert all(math.isfinite(layer.metrics["fact"]["pearson"]) for layer in layers.values())
