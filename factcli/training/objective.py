@@ -15,6 +15,7 @@ from torch import nn
 
 from ..data.datasets import Dataset
 from ..engine.losses import per_sample_loss
+from ..engine.uses import layer_name
 
 EVAL_CHUNK = 512  # samples per chunk: bounds memory; larger chunks were no faster on CPU
 
@@ -51,15 +52,6 @@ def accuracy(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None,
             hit = (output.argmax(dim=1) == labels[start:stop]).double()
             hits += (hit * weights[start:stop]).sum() if weights is not None else hit.sum()
     return float(hits) if weights is not None else float(hits) / len(x)
-
-
-def layer_name(parameter: str) -> str:
-    """A weight's layer name: its path minus a trailing `.weight` or `_weight`
-    (`blocks.0.attn.in_proj_weight` → `blocks.0.attn.in_proj`)."""
-    for suffix in (".weight", "_weight"):
-        if parameter.endswith(suffix):
-            return parameter[: -len(suffix)]
-    return parameter
 
 
 def weight_parameters(model: nn.Module) -> dict[str, nn.Parameter]:

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from ..engine.losses import per_sample_loss
+from ..engine.uses import layer_name
 from .objective import (
     FullData,
-    layer_name,
     objective_terms,
     regularized_objective,
     weight_stationarity,
