@@ -51,9 +51,9 @@ def test_npz_and_csv_files(tmp_path):
     np.savetxt(tmp_path / "r.csv", table, delimiter=",")
     regression = load_dataset(f"file:{tmp_path / 'r.csv'}")
     assert regression.n_classes is None and regression.x_train.shape == (10, 2)
-    assert torch.allclose(regression.y_train, torch.from_numpy(table[:, 2]).float())
+    assert torch.equal(regression.y_train, torch.from_numpy(table[:, 2]))  # float64 kept
     first = load_dataset(f"file:{tmp_path / 'r.csv'},target=0")
-    assert torch.allclose(first.y_train, torch.from_numpy(table[:, 0]).float())
+    assert torch.equal(first.y_train, torch.from_numpy(table[:, 0]))
     with pytest.raises(FactError, match="cross_entropy needs class labels"):
         regression.targets("cross_entropy")
 

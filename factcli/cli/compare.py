@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -158,7 +157,8 @@ def compare_command(
 
 
 def load_inputs(inputs: list[str], analyzed: Callable[[str], Source]) -> list[Source]:
-    """Reports are read, checkpoints handed to `analyzed`; `-` reads JSON lines or paths."""
+    """Reports are read (matrices only on use), checkpoints handed to `analyzed`; `-` reads
+    JSON lines or paths."""
     from ..compare import comparison as cmp
     from ..io.report import read_report
 
@@ -196,13 +196,9 @@ def read_stdin() -> tuple[str, list[Any]]:
         raise FactError("stdin (-) is empty: pipe JSON lines or paths into fact compare")
     if not lines[0].startswith("{"):
         return "paths", lines
-    rows = []
-    for number_, line in enumerate(lines, 1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise FactError(f"stdin line {number_} is not valid JSON: {error}") from None
-    return "rows", rows
+    from ..io.validate import json_line
+
+    return "rows", [json_line(line, f"stdin line {n}") for n, line in enumerate(lines, 1)]
 
 
 def is_report(path: str) -> bool:

@@ -167,6 +167,8 @@ class _Parser:
             self.expect(")")
             return tree
         if kind == "number":
+            if not math.isfinite(float(value)):
+                self.fail(f"the number {value} is too large")
             return ("number", float(value))
         if value == "abs" and self.peek() == "(":
             self.take()

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import io
 import itertools
+import math
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import FactError
+from ..io import validate
 from . import fetch
 
 
@@ -88,9 +90,12 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
         options["path"] = parts.pop(0)
     for part in parts:
         key, eq, value = part.partition("=")
-        if not eq:
+        key = key.strip()
+        if not eq or not key:
             raise FactError(f"bad option {part!r} in dataset spec {spec!r}; expected key=value")
-        options[key.strip()] = value.strip()
+        if key in options:
+            raise FactError(f"option {key} is given twice in dataset spec {spec!r}")
+        options[key] = value.strip()
     return name.strip(), options
 
 
@@ -100,15 +105,23 @@ class _Options:
     def __init__(self, spec: str, options: dict[str, str]):
         self.spec, self.options, self.used = spec, options, set()
 
-    def get(self, key: str, default: Any, kind: type = int) -> Any:
+    def get(self, key: str, default: Any, kind: type = int, minimum: float | None = None,
+            maximum: float | None = None) -> Any:
+        """The option as `kind`; numbers must be finite and lie in [minimum, maximum]."""
         self.used.add(key)
         if key not in self.options:
             return default
         try:
-            return kind(self.options[key])
+            value = kind(self.options[key])
         except ValueError:
             raise FactError(f"option {key}={self.options[key]!r} in {self.spec!r} "
                             f"is not a valid {kind.__name__}") from None
+        field = f"option {key} in {self.spec!r}"
+        if kind is int:
+            validate.integer(value, field, minimum, maximum)
+        elif kind is float:
+            validate.number(value, field)
+        return value
 
     def flag(self, key: str, default: bool) -> bool:
         """A yes/no option (also true/false, 1/0)."""
@@ -134,6 +147,11 @@ def _tensor(array: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor
     return torch.from_numpy(np.ascontiguousarray(array)).to(dtype or torch.get_default_dtype())
 
 
+def _generated(spec: str, n_values: float, bytes_per_value: int = 24) -> None:
+    """A generated set's arrays (float64 in numpy, then a tensor copy) must fit in memory."""
+    validate.check_memory(float(n_values) * bytes_per_value, f"dataset {spec!r}")
+
+
 def _split(spec: str, x: np.ndarray, y: np.ndarray, n_train: int, n_classes: int | None,
            **info: Any) -> Dataset:
     label_dtype = torch.long if n_classes is not None else None
@@ -142,10 +160,11 @@ def _split(spec: str, x: np.ndarray, y: np.ndarray, n_train: int, n_classes: int
 
 
 def _parity(spec: str, o: _Options) -> Dataset:
-    d, k, n, seed = o.get("d", 50), o.get("k", 3), o.get("n", 2000), o.get("seed", 0)
-    n_test = o.get("n_test", n)
+    d, k, n = o.get("d", 50, minimum=1), o.get("k", 3, minimum=1), o.get("n", 2000, minimum=1)
+    seed, n_test = o.get("seed", 0, minimum=0), o.get("n_test", n, minimum=0)
     if not 1 <= k <= d:
         raise FactError(f"parity needs 1 <= k <= d (got k={k}, d={d})")
+    _generated(spec, (n + n_test) * d)
     rng = np.random.default_rng(seed)
     hidden = np.sort(rng.choice(d, size=k, replace=False))
     x = rng.choice([-1.0, 1.0], size=(n + n_test, d))
@@ -157,13 +176,20 @@ _OPS = {"add": lambda a, b, p: (a + b) % p, "sub": lambda a, b, p: (a - b) % p,
         "mul": lambda a, b, p: (a * b) % p, "div": lambda a, b, p: (a * pow(int(b), p - 2, p)) % p}
 
 
+def _is_prime(p: int) -> bool:
+    return p >= 2 and all(p % q for q in range(2, math.isqrt(p) + 1))
+
+
 def _modular(spec: str, o: _Options) -> Dataset:
-    p, op = o.get("p", 61), o.get("op", "add", str)
-    train_frac, seed = o.get("train_frac", 0.5, float), o.get("seed", 0)
+    p, op = o.get("p", 61, minimum=2), o.get("op", "add", str)
+    train_frac, seed = o.get("train_frac", 0.5, float), o.get("seed", 0, minimum=0)
     if op not in _OPS:
         raise FactError(f"unknown modular op {op!r}; choose one of: {', '.join(_OPS)}")
     if not 0 < train_frac < 1:
         raise FactError(f"train_frac must lie in (0, 1) (got {train_frac})")
+    if op == "div" and not _is_prime(p):  # b ↦ b^(p-2) is the inverse only modulo a prime
+        raise FactError(f"modular op=div needs a prime p (got p={p})")
+    _generated(spec, 2.0 * p ** 3, 16)  # p² one-hot pairs of width 2p
     pairs = [(a, b) for a, b in itertools.product(range(p), repeat=2) if op != "div" or b]
     tokens = o.get("tokens", "no", str)
     if tokens not in ("yes", "no"):
@@ -183,11 +209,14 @@ def _modular(spec: str, o: _Options) -> Dataset:
 
 
 def _file(spec: str, o: _Options) -> Dataset:
+    """An .npz (x_train, y_train[, x_test, y_test]) or a numeric .csv, in the file's own float
+    dtype (the model's dtype is applied later, so float64 data stays float64)."""
     path = Path(o.get("path", "", str))
     labels = o.get("labels", "yes", str) != "no"
     if not path.is_file():
         raise FactError(f"dataset file not found: {path}")
     if path.suffix == ".npz":
+        validate.npz_headers(path)
         try:
             with np.load(path, allow_pickle=False) as arrays:
                 if "x_train" not in arrays or "y_train" not in arrays:
@@ -196,30 +225,30 @@ def _file(spec: str, o: _Options) -> Dataset:
                 x_train, y_train = arrays["x_train"], arrays["y_train"]
                 x_test = arrays["x_test"] if "x_test" in arrays else None
                 y_test = arrays["y_test"] if "y_test" in arrays else None
-        except ValueError as error:  # e.g. object arrays, which need pickle
+        except (ValueError, OSError, EOFError) as error:  # e.g. object arrays, which need pickle
             raise FactError(f"cannot read {path}: {error}") from None
     elif path.suffix == ".csv":
         x_train, y_train = _csv(path, o)
         x_test = y_test = None
     else:
         raise FactError(f"unsupported data file {path.name}; use .npz or .csv")
-    for key, array in (("x_train", x_train), ("y_train", y_train), ("x_test", x_test),
-                       ("y_test", y_test)):
-        if array is not None and array.dtype.kind not in "biuf":
-            raise FactError(f"{path}: {key} has unsupported type {array.dtype}; use numbers "
-                            "(integer class labels 0..C-1 for classification)")
+    validate.dataset_arrays(str(path), x_train, y_train, x_test, y_test)
     # Integer-valued 1-D targets are class labels unless the spec says `labels=no`.
-    is_labels = (labels and y_train.ndim == 1 and bool(np.all(y_train == np.round(y_train))))
-    n_classes = None
-    if is_labels:
-        labels = [y_train] + ([y_test] if y_test is not None else [])
-        n_classes = int(max(int(a.max()) for a in labels)) + 1
-        if min(int(a.min()) for a in labels) < 0:
-            raise FactError(f"{path}: class labels must be integers 0..C-1")
-    label_dtype = torch.long if n_classes is not None else None
-    return Dataset(spec, _tensor(x_train.reshape(len(x_train), -1)), _tensor(y_train, label_dtype),
-                   None if x_test is None else _tensor(x_test.reshape(len(x_test), -1)),
-                   None if y_test is None else _tensor(y_test, label_dtype), n_classes)
+    splits = [y_train] + ([y_test] if y_test is not None else [])
+    is_labels = labels and y_train.ndim == 1 and all(
+        bool(np.all(a == np.round(a))) for a in splits)
+    n_classes = validate.class_labels(str(path), splits, len(y_train)) if is_labels else None
+
+    def values(array):  # floats keep their dtype; integers become float64 (exact below 2**53)
+        return _tensor(array, torch.from_numpy(array[:0]).dtype if array.dtype.kind == "f"
+                       else torch.float64)
+
+    def targets(array):
+        return _tensor(array, torch.long) if n_classes is not None else values(array)
+
+    return Dataset(spec, values(x_train.reshape(len(x_train), -1)), targets(y_train),
+                   None if x_test is None else values(x_test.reshape(len(x_test), -1)),
+                   None if y_test is None else targets(y_test), n_classes)
 
 
 def _csv(path: Path, o: _Options) -> tuple[np.ndarray, np.ndarray]:
@@ -231,10 +260,14 @@ def _csv(path: Path, o: _Options) -> tuple[np.ndarray, np.ndarray]:
     if skip:
         with open(path) as handle:
             names = [name.strip() for name in handle.readline().strip().split(",")]
+    validate.check_memory(16.0 * path.stat().st_size, f"reading {path}")
     try:
         table = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
     except ValueError as error:
         raise FactError(f"cannot read {path} as numeric CSV: {error}") from None
+    if table.shape[0] == 0 or table.shape[1] < 2:
+        raise FactError(f"{path}: a CSV dataset needs at least one row and two columns "
+                        f"(found {table.shape[0]} rows, {table.shape[1]} columns)")
     if target.lstrip("-").isdigit():
         column = int(target)
         if not -table.shape[1] <= column < table.shape[1]:
@@ -249,18 +282,30 @@ def _csv(path: Path, o: _Options) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_idx(path: Path) -> np.ndarray:
+    """An idx file of unsigned bytes; its declared shape is checked before the body is read."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
-        raise FactError(f"{path} is not an idx file of unsigned bytes")
-    dims = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims)
-    if body.size != int(np.prod(shape)):
-        raise FactError(f"{path} is truncated: expected {int(np.prod(shape))} values, "
-                        f"found {body.size}")
-    return body.reshape(shape)
+    try:
+        with opener(path, "rb") as handle:
+            magic = handle.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] != 8:
+                raise FactError(f"{path} is not an idx file of unsigned bytes")
+            dims = magic[3]
+            if not 1 <= dims <= validate.MAX_DIMENSIONS:
+                raise FactError(f"{path} declares {dims} dimensions (expected 1 to "
+                                f"{validate.MAX_DIMENSIONS})")
+            header = handle.read(4 * dims)
+            if len(header) < 4 * dims:
+                raise FactError(f"{path} is truncated inside its header")
+            shape = tuple(int.from_bytes(header[4 * i: 4 * i + 4], "big") for i in range(dims))
+            expected = math.prod(shape)
+            validate.check_memory(9.0 * expected, f"reading {path} (shape {shape})")
+            body = handle.read(expected + 1)
+    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
+        raise FactError(f"cannot read {path}: {error}") from None
+    if len(body) != expected:
+        raise FactError(f"{path} holds {len(body)}{'+' if len(body) > expected else ''} values; "
+                        f"its header declares {expected} (shape {shape})")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
 def _data_root(data_dir: str | os.PathLike | None) -> Path:
@@ -311,8 +356,16 @@ def _idx_dataset(spec: str, o: _Options, name: str, root: Path, offline: bool | 
 
 def _images(spec: str, o: _Options, x_train, y_train, x_test, y_test, n_classes: int,
             shape: tuple[int, int, int]) -> Dataset:
-    """Flat rows in [0, 1]; `info["image_shape"]` = (C, H, W) says how a row is an image."""
-    n, n_test = o.get("n", len(x_train)), o.get("n_test", len(x_test))
+    """Flat rows in [0, 1]; `info["image_shape"]` = (C, H, W) says how a row is an image.
+    Labels are checked; `n`/`n_test` take the first ones."""
+    for images, labels, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
+        if labels.ndim != 1 or images.ndim < 2 or len(images) != len(labels):
+            raise FactError(f"dataset {spec!r}: the {split} split has {len(images)} images of "
+                            f"shape {images.shape[1:]} and labels of shape {labels.shape}; "
+                            "expected one label per image")
+    validate.class_labels(f"dataset {spec!r}", [y_train, y_test], len(y_train), n_classes)
+    n = o.get("n", len(x_train), minimum=1, maximum=len(x_train))
+    n_test = o.get("n_test", len(x_test), minimum=0, maximum=len(x_test))
     def prep(x):
         return _tensor(x.reshape(len(x), -1).astype(np.float64) / 255.0)
     return Dataset(spec, prep(x_train[:n]), _tensor(y_train[:n].astype(np.int64), torch.long),
@@ -348,18 +401,27 @@ class _SafeUnpickler(pickle.Unpickler):
 
 
 def _cifar_batch(path: Path, labels: bytes = b"labels") -> tuple[np.ndarray, np.ndarray]:
+    """One batch: 3072 bytes per image (3×32×32) and a label per image."""
+    validate.check_memory(10.0 * path.stat().st_size, f"reading {path}")
     if path.suffix == ".bin":
         raw = np.fromfile(path, dtype=np.uint8)
-        if raw.size % 3073:
+        if raw.size % 3073 or not raw.size:
             raise FactError(f"{path} is not a CIFAR-10 binary batch (size {raw.size})")
         rows = raw.reshape(-1, 3073)
         return rows[:, 1:], rows[:, 0].astype(np.int64)
     try:
         with open(path, "rb") as handle:
             batch = _SafeUnpickler(handle, encoding="bytes").load()
-        return np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[labels], np.int64)
-    except (pickle.UnpicklingError, KeyError, EOFError, TypeError) as error:
+        data, values = batch[b"data"], np.asarray(batch[labels])
+    except (pickle.UnpicklingError, KeyError, EOFError, TypeError, ValueError, IndexError,
+            AttributeError) as error:
         raise FactError(f"{path} is not a CIFAR python batch: {error}") from None
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 \
+            or data.dtype != np.uint8:
+        raise FactError(f"{path}: data must be a uint8 array of rows of 3072 values")
+    if values.dtype.kind not in "iu" or values.shape != (len(data),):
+        raise FactError(f"{path}: labels must be one integer per image")
+    return data, values.astype(np.int64)
 
 
 CIFAR10_PY = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
@@ -400,9 +462,10 @@ def _separation(spec: str, o: _Options) -> Dataset:
     finite-support distribution as 97 weighted points; `samples=N` draws N points.
     """
     tau, p = o.get("tau", 0.1, float), o.get("p", 0.5, float)
-    samples, seed = o.get("samples", 0), o.get("seed", 0)
+    samples, seed = o.get("samples", 0, minimum=0), o.get("seed", 0, minimum=0)
     if tau <= 0 or not 0 < p < 1:
         raise FactError(f"separation needs tau > 0 and 0 < p < 1 (got tau={tau}, p={p})")
+    _generated(spec, 2.0 * samples * 6)
     grid = np.array(list(itertools.product([-1.0, 0.0, 1.0], repeat=4)))
     signs = np.array(list(itertools.product([-1.0, 1.0], repeat=4)))
     spiky = signs * np.array([tau ** -1.5, tau ** -1.5, 1.0, 1.0])
@@ -423,8 +486,9 @@ def _separation(spec: str, o: _Options) -> Dataset:
 
 def _teacher_linear(spec: str, o: _Options) -> Dataset:
     """Gaussian inputs x ~ N(0, I_d), targets y = βx with β ~ N(0, 1/d) entries (c × d)."""
-    d, c, n, seed = o.get("d", 10), o.get("c", 10), o.get("n", 100), o.get("seed", 0)
-    n_test = o.get("n_test", n)
+    d, c, n = o.get("d", 10, minimum=1), o.get("c", 10, minimum=1), o.get("n", 100, minimum=1)
+    seed, n_test = o.get("seed", 0, minimum=0), o.get("n_test", n, minimum=0)
+    _generated(spec, (n + n_test) * (d + c) + c * d)
     rng = np.random.default_rng(seed)
     beta = rng.standard_normal((c, d)) / np.sqrt(d)
     x = rng.standard_normal((n + n_test, d))
@@ -438,7 +502,7 @@ SKLEARN_SETS = ("iris", "wine", "breast_cancer", "digits", "diabetes")
 def _sklearn(spec: str, o: _Options) -> Dataset:
     """A real tabular set shipped inside scikit-learn (nothing downloaded), seeded train/test."""
     name, test_frac = o.get("name", "wine", str), o.get("test_frac", 0.2, float)
-    seed = o.get("seed", 0)
+    seed = o.get("seed", 0, minimum=0)
     if name not in SKLEARN_SETS:
         raise FactError(f"unknown sklearn set {name!r}; choose one of: {', '.join(SKLEARN_SETS)}")
     if not 0 < test_frac < 1:
@@ -504,4 +568,6 @@ def load_dataset(spec: str, data_dir: str | os.PathLike | None = None, *,
     options.done()
     if not torch.isfinite(dataset.x_train).all():
         raise FactError(f"dataset {spec!r} contains NaN or infinite inputs")
+    if dataset.y_train.is_floating_point() and not torch.isfinite(dataset.y_train).all():
+        raise FactError(f"dataset {spec!r} contains NaN or infinite targets")
     return dataset

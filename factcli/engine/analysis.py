@@ -15,6 +15,7 @@ from torch import nn
 
 from ..data.datasets import Dataset, load_dataset
 from ..errors import FactError
+from ..io import validate
 from ..io.checkpoint import Checkpoint, load_checkpoint
 from ..models.archs import check_finite
 from . import relations as rel
@@ -152,6 +153,9 @@ def prepare(
     it too or `trust_model_code=True` (it is code chosen by whoever wrote the file).
     """
     names = rel.check_relations(relations)
+    validate.number(alpha, "--alpha (the NFA power α)", positive=True)
+    if weight_decay is not None:
+        validate.number(weight_decay, "--weight-decay (λ)", minimum=0)
     if batch_size < 1:
         raise FactError(f"--batch-size must be positive (got {batch_size})")
     training: dict[str, Any] = {}

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import FactError
 from ..models.archs import build_model, is_factory, load_weights
+from . import validate
 from .files import atomic_path, sha256
 from .sources import (
     INDEX_SUFFIXES,
@@ -106,6 +107,8 @@ def _infer_layout(arch: str, state_dict: dict[str, torch.Tensor]) -> dict[str, A
 
 
 def _infer_sizes(arch: str, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    if any(k.endswith(".weight") and v.ndim != 2 for k, v in state_dict.items()):
+        return {}  # not a stack of Linear layers: building the arch names the misfit
     if arch == "quadratic":
         hidden, readout = state_dict.get("hidden.weight"), state_dict.get("readout.weight")
         if hidden is None or readout is None:
@@ -154,11 +157,8 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     return tensors, metadata
 
 
-def _json_field(metadata: dict[str, str], key: str, path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(metadata.get(key, "{}"))
-    except json.JSONDecodeError:
-        raise FactError(f"{path}: metadata field {key!r} is not valid JSON") from None
+def _json_field(metadata: dict[str, str], key: str, path: Path) -> Any:
+    return validate.parse_json(metadata.get(key, "{}"), f"{path}: metadata field {key!r}")
 
 
 def load_checkpoint(path: str | os.PathLike, model: dict[str, Any] | None = None,
@@ -184,8 +184,7 @@ def load_checkpoint(path: str | os.PathLike, model: dict[str, Any] | None = None
         inner = training_dict_weights(content) if isinstance(content, dict) else None
         if isinstance(content, dict) and content.get("format") == FORMAT:
             state_dict = content.get("state_dict", {})
-            stored_model = dict(content.get("model") or {})
-            stored_training = dict(content.get("training") or {})
+            stored_model, stored_training = content.get("model"), content.get("training")
         elif isinstance(content, dict) and isinstance(content.get("format"), str):
             raise FactError(f"{source} has format {content['format']!r}; this factcli reads "
                             f"{FORMAT}")
@@ -198,9 +197,9 @@ def load_checkpoint(path: str | os.PathLike, model: dict[str, Any] | None = None
             raise FactError(f"{source} is not a checkpoint: expected a {FORMAT} dict, a "
                             "state_dict of tensors or a training dict with one under "
                             f"{', '.join(map(repr, TRAINING_KEYS))}")
-    if not isinstance(state_dict, dict) or not all(
-            isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise FactError(f"{source}: state_dict must map parameter names to tensors")
+    state_dict = validate.state_dict(state_dict, str(source))
+    stored_model, stored_training = validate.checkpoint_fields(stored_model, stored_training,
+                                                               str(source))
     merged_model = {**stored_model, **(model or {})}
     if "arch" not in merged_model:
         raise FactError(f"{source} does not say which model it holds (a plain state_dict?); "

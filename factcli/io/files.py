@@ -18,6 +18,8 @@ def check_writable(path: str | os.PathLike) -> Path:
     folder = target.parent if str(target.parent) else Path(".")
     if target.is_dir():
         raise FactError(f"cannot write {target}: it is a directory")
+    if target.exists() and not target.is_file():  # renaming over /dev/full would replace it
+        raise FactError(f"cannot write {target}: not a regular file")
     if not folder.is_dir():
         raise FactError(f"cannot write {target}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
@@ -37,10 +39,17 @@ def make_parent(path: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds.
+
+    A failed write (disk full, quota, file too large) is a FactError naming the target; the
+    previous file is left as it was.
+    """
     target = check_writable(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                                         dir=target.parent if str(target.parent) else ".")
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                             dir=target.parent if str(target.parent) else ".")
+    except OSError as error:
+        raise FactError(f"cannot write {target}: {error.strerror or error}") from None
     os.close(handle)
     try:
         yield Path(temporary)
@@ -48,9 +57,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(written.fileno())
         os.chmod(temporary, _mode(target))
         os.replace(temporary, target)
+    except OSError as error:
+        raise FactError(f"cannot write {target}: {_reason(error)}") from None
+    except RuntimeError as error:  # torch.save reports a failed write as a RuntimeError
+        if "writ" not in str(error):
+            raise
+        raise FactError(f"cannot write {target}: {_reason(error)}") from None
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def _reason(error: Exception) -> str:
+    """The operating system's words (e.g. 'No space left on device'), else the first line."""
+    strerror = getattr(error, "strerror", None)
+    if strerror:
+        return strerror
+    for words in ("No space left on device", "File too large", "Disk quota exceeded"):
+        if words in str(error):
+            return words
+    return " ".join(str(error).split())[:200] or type(error).__name__
 
 
 def _mode(target: Path) -> int:

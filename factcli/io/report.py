@@ -20,7 +20,8 @@ from .. import __version__
 from ..engine.conventions import BACKWARD, RELATIONS
 from ..engine.results import Analysis, LayerResult
 from ..errors import FactError
-from .files import atomic_path
+from . import validate
+from .files import atomic_hdf5
 
 FORMAT = "factcli.report/1"
 # Provenance stored as plain attributes, in this order; dicts and lists go in as JSON text.
@@ -83,7 +84,7 @@ def write_report(path: str | os.PathLike, analysis: Analysis, command: str = "",
     chosen = (DEFAULT_MATRICES if matrices is True else () if matrices is False
               else choose_matrices(matrices) if isinstance(matrices, str) else tuple(matrices))
     info = analysis.info
-    with atomic_path(path) as temporary, h5py.File(temporary, "w") as handle:
+    with atomic_hdf5(path) as handle:
         root = handle.attrs
         root["format"] = FORMAT
         root["factcli_version"] = __version__
@@ -141,12 +142,16 @@ class _Matrices(Mapping):
         self.path, self.group, self.names = path, group, names
 
     def __getitem__(self, name: str) -> Any:
+        """The matrix, after its declared shape, type and size are checked (a 97 KB file may
+        declare a 75 GiB matrix)."""
         if name not in self.names:
             raise KeyError(name)
         import torch
 
         with h5py.File(self.path, "r") as handle:
-            data = handle["layers"][self.group][name][()]
+            dataset = handle["layers"][self.group][name]
+            validate.matrix_dataset(dataset, f"{self.path}: /layers/{self.group}/{name}")
+            data = dataset[()]
         return torch.from_numpy(np.asarray(data, dtype=np.float64))
 
     def __iter__(self) -> Iterator[str]:
@@ -156,16 +161,10 @@ class _Matrices(Mapping):
         return len(self.names)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def read_report(path: str | os.PathLike) -> Analysis:
-    """A stored report as an `Analysis` (matrices included when they were written)."""
+    """A stored report as an `Analysis`; attributes and tables are validated (io/validate.py)
+    and matrices are read, size-checked, only when used."""
+    where = str(path)
     try:
         handle = h5py.File(path, "r")
     except FileNotFoundError:
@@ -173,53 +172,57 @@ def read_report(path: str | os.PathLike) -> Analysis:
     except OSError as error:
         raise FactError(f"{path} is not a readable HDF5 report: {error}") from None
     with handle:
-        attrs = {key: _plain(value) for key, value in handle.attrs.items()}
-        if attrs.get("format") != FORMAT:
+        info = validate.report_attrs(handle.attrs, where)
+        if info.get("format") != FORMAT:
             raise FactError(f"{path} is not a {FORMAT} report "
-                            f"(format attribute: {attrs.get('format')!r})")
-        info: dict[str, Any] = {k: v for k, v in attrs.items() if k not in _JSON_ATTRS}
-        for key in _JSON_ATTRS:
-            if key in attrs:
-                info[key] = json.loads(attrs[key])
+                            f"(format attribute: {info.get('format')!r})")
         info["checkpoint"] = info.get("checkpoint") or None
         info["checkpoint_sha256"] = info.get("checkpoint_sha256") or None
         if isinstance(info.get("weight_decay"), float) and math.isnan(info["weight_decay"]):
             info["weight_decay"] = None
         metrics: dict[str, dict[str, dict[str, float]]] = {}
         if "metrics" in handle:  # string columns: variable-length (older files) or fixed
-            for row in handle["metrics"][()]:
-                layer, relation = _plain(row["layer"]), _plain(row["relation"])
-                metrics.setdefault(layer, {})[relation] = {
-                    key: float(row[key]) for key in ("pearson", "cosine", "rel_err")}
+            for layer, relation, *values in validate.metrics_table(handle["metrics"], where):
+                metrics.setdefault(layer, {})[relation] = dict(zip(
+                    ("pearson", "cosine", "rel_err"), values))
         layers = []
-        for key, group in handle.get("layers", {}).items():
-            a = {k: _plain(v) for k, v in group.attrs.items()}
-            if "nfm" in group:  # an RFM iteration may store only M = WᵀW, W = M^{1/2} (d×d)
-                a.setdefault("in_features", group["nfm"].shape[0])
-                a.setdefault("out_features", a["in_features"] if "bnfm" not in group
-                             else group["bnfm"].shape[0])
-            missing = [f for f in ("in_features", "out_features") if f not in a]
-            if missing:
-                raise FactError(f"{path}: layer {key!r} lacks the field(s) {', '.join(missing)}")
+        groups = handle.get("layers", {})
+        if not isinstance(groups, h5py.Group | dict):
+            raise FactError(f"{path}: /layers must be a group of layers")
+        for key, group in groups.items():
+            if not isinstance(group, h5py.Group):
+                raise FactError(f"{path}: /layers/{key} must be a group")
+            a = dict(group.attrs)
+            nfm, bnfm = group.get("nfm"), group.get("bnfm")
+            if isinstance(nfm, h5py.Dataset):  # an RFM iteration may store only M = WᵀW
+                a.setdefault("in_features", (nfm.shape or (0,))[0])
+                a.setdefault("out_features", a["in_features"] if not isinstance(
+                    bnfm, h5py.Dataset) else (bnfm.shape or (0,))[0])
+            a = validate.layer_attrs(a, key, where)
+            stored = [name for name, item in group.items() if isinstance(item, h5py.Dataset)]
             layers.append(LayerResult(
-                name=a.get("name", key), in_features=int(a["in_features"]),
-                out_features=int(a["out_features"]),
-                stationarity=float(a.get("stationarity", math.nan)),
-                matrices=_Matrices(path, key, list(group)),
+                name=a.get("name", key), in_features=a["in_features"],
+                out_features=a["out_features"], stationarity=a.get("stationarity", math.nan),
+                matrices=_Matrices(path, key, stored),
                 metrics=metrics.get(a.get("name", key), {}),
-                best_alpha=float(a.get("best_alpha", math.nan)),
-                best_alpha_pearson=float(a.get("best_alpha_pearson", math.nan)),
-                kind=a.get("kind", "linear"), uses=int(a.get("uses", 1)),
-                note=str(a.get("note", ""))))
+                best_alpha=a.get("best_alpha", math.nan),
+                best_alpha_pearson=a.get("best_alpha_pearson", math.nan),
+                kind=a.get("kind", "linear"),
+                uses=validate.integer(a.get("uses", 1), f"{where}: layer {key!r} uses", 1),
+                note=validate.text(a.get("note", ""), f"{where}: layer {key!r} note")))
     return Analysis(layers, info, list(info.get("warnings", [])))
 
 
 def read_history(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The `/history` table of an RFM report (a compound dataset, one row per iteration)."""
     with h5py.File(path, "r") as handle:
-        data = handle["history"][()] if "history" in handle else None
+        table, data = handle.get("history"), None
+        if isinstance(table, h5py.Dataset):
+            validate.check_memory(8.0 * table.size * max(table.dtype.itemsize, 1),
+                                  f"{path}: /history")
+            data = table[()]
     names = getattr(getattr(data, "dtype", None), "names", None)
-    if not names:
+    if not names or data.ndim != 1:
         raise FactError(f"{path} is an RFM report without a 'history' table")
     return [{key: value.decode() if isinstance(value, bytes) else value
              for key, value in zip(names, row.tolist(), strict=True)} for row in data]

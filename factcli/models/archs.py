@@ -72,10 +72,15 @@ def is_factory(arch: Any) -> bool:
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
     """An `nn.Module` from a checkpoint's `model` dict."""
+    from ..io import validate
+
     spec = dict(spec)
     arch = spec.pop("arch", None)
     if arch is None:
         raise FactError("the model description has no 'arch'; pass --arch or --model")
+    validate.text(arch, "model.arch")
+    if arch in ("mlp", "linear", "quadratic"):  # cnn/transformer check their own sizes
+        validate.model_spec(arch, spec)
     try:
         if arch == "mlp":
             return mlp(spec["in_features"], spec["out_features"], spec["width"], spec["depth"],
@@ -131,6 +136,8 @@ def _sizes(spec: dict[str, Any], key: str, length: int | None = None) -> list[in
 
 def _user_model(path: str, params: dict[str, Any]) -> nn.Module:
     module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise FactError(f"model factory {path!r} must look like package.module:function")
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
     except Exception as error:  # the user's module: any failure to import is bad input
