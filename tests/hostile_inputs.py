@@ -253,7 +253,7 @@ def make_cases(root: Path) -> list[Case]:  # noqa: C901 - a catalogue, one entry
     add(c, "--report to a device (/dev/full)", "analyze", good, "--report", "/dev/full",
         expect="not a regular file")
     add(c, "--report on a disk that fills up", "analyze", good, "--report", root / "full.h5",
-        fsize=4096, expect="File too large")
+        fsize=8192, expect="File too large")
     add(c, "--data-dir missing, mnist", "analyze", good, "--data", "mnist", "--data-dir",
         root / "nowhere")
     add(c, "train --epochs -1", "train", "mlp", "--data", "parity:d=5,k=2,n=20", "--out",
@@ -275,7 +275,7 @@ def make_cases(root: Path) -> list[Case]:  # noqa: C901 - a catalogue, one entry
     add(c, "train --out /dev/full", "train", "mlp", "--data", "parity:d=5,k=2,n=20",
         "--epochs", "1", "--out", "/dev/full", expect="not a regular file")
     add(c, "train --out on a disk that fills up", "train", "mlp", "--data",
-        "parity:d=5,k=2,n=20", "--epochs", "1", "--out", root / "full.pt", fsize=2048,
+        "parity:d=5,k=2,n=20", "--epochs", "1", "--out", root / "full.pt", fsize=8192,
         expect="File too large")
     add(c, "rfm --bandwidth nan", "rfm", "--data", "parity:d=5,k=2,n=20", "--bandwidth", "nan")
     add(c, "rfm --bandwidth -1", "rfm", "--data", "parity:d=5,k=2,n=20", "--bandwidth", "-1")
@@ -508,8 +508,10 @@ def make_cases(root: Path) -> list[Case]:  # noqa: C901 - a catalogue, one entry
     add(c, "rfm kind without history", "show", report("rfm.h5", lambda h: _report(h, kind="rfm")))
     add(c, "rfm history is a plain array", "show", edit("rfmh.h5", lambda h: (
         h.attrs.__setitem__("kind", "rfm"), h.create_dataset("history", data=np.zeros(3)))))
-    add(c, "show --matrix --out on a disk that fills up", "show", ok_report, "--matrix", "0",
-        "nfm", "--out", root / "full.npy", fsize=64, expect="File too large")
+    wide = edit("wide.h5", lambda h: (h.__delitem__("layers/0/nfm"), h["layers/0"].create_dataset(
+        "nfm", data=np.eye(64))))  # 32 KiB as .npy; stdout and stderr stay far below 8 KiB
+    add(c, "show --matrix --out on a disk that fills up", "show", wide, "--matrix", "0",
+        "nfm", "--out", root / "full.npy", fsize=8192, expect="File too large")
     add(c, "show --matrix [/] [/]", "show", ok_report, "--matrix", "[/]", "[/]")
 
     # ---- stdin JSON lines and --require

@@ -178,14 +178,13 @@ def _write_report(path: Path, model, settings: dict[str, Any]) -> None:
     """factcli.report/1 with kind=rfm: /layers/iteration_<t>/nfm = M_t, /history the metrics."""
     from datetime import UTC, datetime
 
-    import h5py
     import numpy as np
     import torch
 
     from .. import __version__
-    from ..io.files import atomic_path
+    from ..io.files import atomic_hdf5
 
-    with atomic_path(path) as temporary, h5py.File(temporary, "w", track_order=True) as handle:
+    with atomic_hdf5(path, track_order=True) as handle:
         handle.attrs.update(format="factcli.report/1", kind="rfm", factcli_version=__version__,
                             created=datetime.now(UTC).isoformat(timespec="seconds"),
                             command=shlex.join(["fact", *sys.argv[1:]]),

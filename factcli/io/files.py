@@ -68,6 +68,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(temporary)
 
 
+@contextlib.contextmanager
+def atomic_hdf5(path: str | os.PathLike, **options) -> Iterator:
+    """An HDF5 file built in memory, then written to `path` by `atomic_path`: a full disk is
+    then a plain OSError on one write (HDF5 itself reports it through crashes and noise)."""
+    import io
+
+    import h5py
+
+    check_writable(path)
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w", **options) as handle:
+        yield handle
+    with atomic_path(path) as temporary, open(temporary, "wb") as out:
+        out.write(buffer.getbuffer())
+
+
 def _reason(error: Exception) -> str:
     """The operating system's words (e.g. 'No space left on device'), else the first line."""
     strerror = getattr(error, "strerror", None)

@@ -421,8 +421,8 @@ def dataset_arrays(where: str, x: Any, y: Any, x_test: Any = None, y_test: Any =
             raise FactError(f"{where}: y_{split} must be 1-D labels or 2-D targets (it has "
                             f"shape {targets.shape})")
     if x_test is not None and x_test.shape[1:] != x.shape[1:]:
-        raise FactError(f"{where}: x_test rows have shape {x_test.shape[1:]} but x_train rows "
-                        f"have {x.shape[1:]}")
+        raise FactError(f"{where}: x_test samples have features of shape {x_test.shape[1:]} "
+                        f"but x_train samples have {x.shape[1:]}")
     if y_test is not None and y_test.shape[1:] != y.shape[1:]:
         raise FactError(f"{where}: y_test rows have shape {y_test.shape[1:]} but y_train rows "
                         f"have {y.shape[1:]}")
