@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -52,7 +53,7 @@ def checkpoint_source(path: str):
         yield path
         return
     with tempfile.NamedTemporaryFile(suffix=".pt") as handle:
-        handle.write(sys.stdin.buffer.read())
+        shutil.copyfileobj(sys.stdin.buffer, handle)  # streamed: memory stays bounded
         handle.flush()
         yield handle.name
 

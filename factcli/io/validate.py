@@ -204,7 +204,8 @@ def checkpoint_fields(model: Any, training: Any, where: str) -> tuple[dict, dict
 
 
 def state_dict(tensors: Any, where: str) -> dict:
-    """Parameter names (text) → real floating tensors."""
+    """Parameter names (text) → real tensors (integer buffers such as BatchNorm's counter are
+    fine; whether a weight must be floating point is checked against the model)."""
     import torch
 
     if not isinstance(tensors, Mapping) or not tensors:
@@ -214,10 +215,9 @@ def state_dict(tensors: Any, where: str) -> dict:
             raise FactError(f"{where}: state_dict key {_show(name)} is not a parameter name")
         if not isinstance(tensor, torch.Tensor):
             raise FactError(f"{where}: state_dict[{name!r}] is {_show(tensor)}, not a tensor")
-        if not tensor.is_floating_point():
+        if tensor.is_complex():
             raise FactError(f"{where}: parameter {name} has dtype "
-                            f"{str(tensor.dtype).removeprefix('torch.')}; expected real "
-                            "floating point weights")
+                            f"{str(tensor.dtype).removeprefix('torch.')}; expected real numbers")
     return dict(tensors)
 
 

@@ -165,6 +165,10 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
             parts.append(f"unexpected {', '.join(unexpected[:5])}")
         raise FactError(f"the weights do not fit the architecture: {'; '.join(parts)}")
     for name, tensor in state_dict.items():
+        if expected[name].is_floating_point() and not tensor.is_floating_point():
+            raise FactError(f"the weights do not fit the architecture: {name} has dtype "
+                            f"{str(tensor.dtype).removeprefix('torch.')}, the model expects "
+                            "floating point")
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise FactError(f"the weights do not fit the architecture: {name} has shape "
                             f"{tuple(tensor.shape)}, the model expects "
