@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import FactError
 from ..models.archs import build_model, is_factory, load_weights
 from . import validate
-from .files import atomic_path, sha256
+from .files import check_writable, save_torch, sha256, write_bytes
 from .sources import (
     INDEX_SUFFIXES,
     TRAINING_KEYS,
@@ -218,13 +218,13 @@ def load_checkpoint(path: str | os.PathLike, model: dict[str, Any] | None = None
 def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
     """Write atomically: `.safetensors` by extension, `.pt` otherwise."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in checkpoint.state_dict.items()}
-    with atomic_path(path) as temporary:
-        if Path(path).suffix == ".safetensors":
-            from safetensors.torch import save_file
+    if Path(path).suffix == ".safetensors":
+        from safetensors.torch import save
 
-            save_file(tensors, str(temporary), metadata={
-                "format": FORMAT, "model": json.dumps(checkpoint.model),
-                "training": json.dumps(checkpoint.training)})
-        else:
-            torch.save({"format": FORMAT, "model": checkpoint.model, "state_dict": tensors,
-                        "training": checkpoint.training}, temporary)
+        check_writable(path)
+        write_bytes(path, save(tensors, metadata={
+            "format": FORMAT, "model": json.dumps(checkpoint.model),
+            "training": json.dumps(checkpoint.training)}))
+    else:
+        save_torch(path, {"format": FORMAT, "model": checkpoint.model, "state_dict": tensors,
+                          "training": checkpoint.training})

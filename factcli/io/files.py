@@ -58,11 +58,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(temporary, _mode(target))
         os.replace(temporary, target)
     except OSError as error:
-        raise FactError(f"cannot write {target}: {_reason(error)}") from None
-    except RuntimeError as error:  # torch.save reports a failed write as a RuntimeError
-        if "writ" not in str(error):
-            raise
-        raise FactError(f"cannot write {target}: {_reason(error)}") from None
+        raise FactError(f"cannot write {target}: {error.strerror or error}") from None
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
@@ -80,19 +76,25 @@ def atomic_hdf5(path: str | os.PathLike, **options) -> Iterator:
     buffer = io.BytesIO()
     with h5py.File(buffer, "w", **options) as handle:
         yield handle
+    write_bytes(path, buffer.getbuffer())
+
+
+def save_torch(path: str | os.PathLike, content: object) -> None:
+    """`torch.save` atomically, serialized in memory first (torch reports a failed write as an
+    opaque RuntimeError; a plain write says 'No space left on device')."""
+    import io
+
+    import torch
+
+    check_writable(path)
+    buffer = io.BytesIO()
+    torch.save(content, buffer)
+    write_bytes(path, buffer.getbuffer())
+
+
+def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
     with atomic_path(path) as temporary, open(temporary, "wb") as out:
-        out.write(buffer.getbuffer())
-
-
-def _reason(error: Exception) -> str:
-    """The operating system's words (e.g. 'No space left on device'), else the first line."""
-    strerror = getattr(error, "strerror", None)
-    if strerror:
-        return strerror
-    for words in ("No space left on device", "File too large", "Disk quota exceeded"):
-        if words in str(error):
-            return words
-    return " ".join(str(error).split())[:200] or type(error).__name__
+        out.write(data)
 
 
 def _mode(target: Path) -> int:

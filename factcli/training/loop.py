@@ -48,7 +48,7 @@ from ..engine.device import resolve_device, resolve_dtype
 from ..engine.losses import check_loss, per_sample_loss
 from ..errors import FactError
 from ..io.checkpoint import FORMAT, Checkpoint, load_checkpoint, read_pt, save_checkpoint
-from ..io.files import atomic_path, check_writable
+from ..io.files import check_writable, save_torch
 from ..models.archs import ACTIVATIONS, build_model
 from ..models.cnn import POOLS
 from .objective import FullData, accuracy, evaluate, finite_or_none, objective_terms
@@ -298,9 +298,8 @@ def _write(out: Path, model_spec: dict[str, Any], state: dict[str, torch.Tensor]
     if out.suffix == ".safetensors":
         sidecar = resume_sidecar(out)
         if resume is not None:
-            with atomic_path(sidecar) as temporary:
-                torch.save({"format": RESUME_FORMAT, "model": model_spec, "state_dict": state,
-                            "training": training, RESUME_KEY: resume}, temporary)
+            save_torch(sidecar, {"format": RESUME_FORMAT, "model": model_spec,
+                                 "state_dict": state, "training": training, RESUME_KEY: resume})
         save_checkpoint(out, Checkpoint(model_spec, state, training))
         if resume is None and sidecar.exists():
             sidecar.unlink()
@@ -309,8 +308,7 @@ def _write(out: Path, model_spec: dict[str, Any], state: dict[str, torch.Tensor]
                                "training": training}
     if resume is not None:
         content[RESUME_KEY] = resume
-    with atomic_path(out) as temporary:
-        torch.save(content, temporary)
+    save_torch(out, content)
 
 
 def _read_resume(out: Path) -> dict[str, Any] | None:
