@@ -248,7 +248,8 @@ def make_cases(root: Path) -> list[Case]:  # noqa: C901 - a catalogue, one entry
                 legal=option == "--seed" or value == ",,,")
     add(c, "analyze --weight-decay 0 (warning, legal)", "analyze", good, "--weight-decay", "0",
         "-f", "jsonl", legal=True)
-    add(c, "--report into a missing folder", "analyze", good, "--report", root / "no" / "r.h5")
+    add(c, "--report into a missing folder (created)", "analyze", good, "--report",
+        root / "no" / "r.h5", legal=True)
     add(c, "--report is a folder", "analyze", good, "--report", root)
     os.mkfifo(root / "fifo")  # not /dev/full: an unfixed factcli would rename over it
     add(c, "--report to a FIFO", "analyze", good, "--report", root / "fifo",
@@ -533,7 +534,8 @@ def make_cases(root: Path) -> list[Case]:  # noqa: C901 - a catalogue, one entry
             ("layer is a dict", json.dumps({**row, "layer": {"x": 1}}) + "\n", False),
             ("pearson is a string", json.dumps({**row, "pearson": "high"}) + "\n", False),
             ("pearson is 1e999", json.dumps(row).replace("0.9,", "1e999,", 1) + "\n", False),
-            ("unknown relation", json.dumps({**row, "relation": "[/]"}) + "\n", False),
+            ("relation named [/] (shown as text)", json.dumps({**row, "relation": "[/]"}) + "\n",
+             True),
             ("non-UTF-8 bytes", b"\xff\xfe\x00garbage\n", False),
             ("paths that do not exist", "nope1.pt\nnope2.h5\n", False),
             ("empty", "", False),
