@@ -301,7 +301,7 @@ def make_cases(root: Path) -> list[Case]:  # noqa: C901 - a catalogue, one entry
             ("modular:p=-3", ">= 2"), ("modular:op=div,p=10", "prime"),
             ("modular:train_frac=nan", "finite"), ("modular:op=pow", "unknown modular op"),
             ("mnist-10k:n=-5", "in 1..8000"), ("mnist-10k:n_test=-1", "in 0..2000"),
-            ("mnist-10k:split=abc", "not a valid int"), ("mnist-10k:n=100000000", "in 1..8000"),
+            ("mnist-10k:split=abc", "split must be"), ("mnist-10k:n=100000000", "in 1..8000"),
             ("teacher-linear:d=1000000000", "memory"), ("teacher-linear:n=-1", ">= 1"),
             ("teacher-linear:c=0", ">= 1"), ("teacher-linear:n=10000000000", "memory"),
             ("separation:samples=-1", ">= 0"), ("separation:tau=nan", "finite"),
