@@ -5,7 +5,7 @@ Nothing here imports torch at module level, so `fact --help` stays instant.
 
 from __future__ import annotations
 
-from . import analyze, compare, data, layers, merge, plot, rfm, show, train  # noqa: E402,F401
+from . import analyze, compare, data, layers, merge, plot, repro, rfm, show, train  # noqa: F401
 from ._app import app
 
 

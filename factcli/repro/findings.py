@@ -1,0 +1,389 @@
+"""The paper's findings, each as `fact` commands (train → analyze/rfm) and the quantities read
+from their outputs. Settings per mode: `smoke` (seconds; for tests, numbers not meaningful),
+`quick` (shipped data, minutes on a 2-core CPU) and `full` (the paper's settings)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import FactError
+from .runner import Runner, Step
+from .verdict import markdown_table, quantity
+
+MODES = ("smoke", "quick", "full")
+
+
+@dataclass
+class Context:
+    """What a finding needs: where to run, which mode, and the steps it ran so far."""
+
+    finding: str
+    root: Path
+    mode: str
+    runner: Runner
+    data_dir: Path | None = None
+    steps: list[Step] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def pick(self, smoke: Any, quick: Any, full: Any) -> Any:
+        return {"smoke": smoke, "quick": quick, "full": full}[self.mode]
+
+    def run(self, *argv: object, outputs: tuple[str, ...] = (), stdout: str | None = None,
+            data: bool = False) -> Step:
+        if data and self.data_dir is not None:
+            argv = (*argv, "--data-dir", self.data_dir)
+        step = Step.of(*argv, outputs=outputs, stdout=stdout)
+        self.steps.append(step)
+        self.runner.run(step)
+        return step
+
+    def train(self, out: str, arch: str, *options: object, also: tuple[str, ...] = ()) -> str:
+        """`fact train` to OUT; `also`: further files it makes (snapshots)."""
+        self.run("train", arch, *options, "--out", out, "--quiet", "--device", "cpu",
+                 outputs=(out, *also), data=True)
+        return out
+
+    def analyze(self, checkpoint: str, *options: object):
+        """`fact analyze` to NAME.h5 (with matrices) and NAME.jsonl; returns the Analysis."""
+        from ..io.report import read_report
+
+        stem = checkpoint.rsplit(".", 1)[0]
+        self.run("analyze", checkpoint, *options, "--device", "cpu", "--format", "jsonl",
+                 "--report", f"{stem}.h5", outputs=(f"{stem}.h5",), stdout=f"{stem}.jsonl",
+                 data=True)
+        return read_report(self.root / f"{stem}.h5")
+
+    def rfm(self, name: str, *options: object, report: bool = True) -> list[dict[str, Any]]:
+        """`fact rfm ... -f jsonl > NAME.jsonl` (+ NAME.h5 with M per iteration)."""
+        extra = ("--report", f"{name}.h5") if report else ()
+        self.run("rfm", *options, *extra, "--device", "cpu", "--format", "jsonl",
+                 outputs=(f"{name}.h5",) if report else (), stdout=f"{name}.jsonl", data=True)
+        return [json.loads(line) for line in
+                (self.root / f"{name}.jsonl").read_text().splitlines() if line.strip()]
+
+    def q(self, name: str, measured: float | None, note: str = "") -> None:
+        self.rows.append(quantity(self.finding, name, measured, note))
+
+    def write(self, name: str, text: str) -> None:
+        """A table or other artifact of the finding, beside its outputs."""
+        path = self.root / self.finding / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def _metric(layer, relation: str, metric: str = "pearson") -> float:
+    return layer.metrics.get(relation, {}).get(metric, math.nan)
+
+
+# ---------------------------------------------------------------- networks
+
+def fig11(ctx: Context) -> None:
+    """Deep linear networks y = W_L⋯W_1 x on a Gaussian teacher: α* = 1/L, FACT untuned."""
+    epochs, polish = ctx.pick((200, 50), (500, 100), (2000, 200))
+    for depth in (2, 3, 4, 5):
+        ckpt = ctx.train(f"fig11/linear_L{depth}.pt", "linear", "--dataset",
+                         "teacher-linear:d=10,c=10,n=100,seed=0", "--depth", depth,
+                         "--optimizer", "gd", "--lr", 0.1, "--dtype", "float64",
+                         "--weight-decay", 1e-3, "--epochs", epochs, "--polish", polish)
+        first = ctx.analyze(ckpt, "--relations", "fact,nfa").layers[0]
+        note = f"layer {first.name}, stationarity {first.stationarity:.2g}"
+        ctx.q(f"alpha_star.L={depth}", first.best_alpha, note)
+        ctx.q(f"fact_pearson.L={depth}", _metric(first, "fact"),
+              note + f"; NFA at α = 1/2: {_metric(first, 'nfa'):.3f}")
+
+
+def sec6(ctx: Context) -> None:
+    """The separation construction: FACT cosine ≈ 1, NFA nearly uncorrelated, over τ."""
+    taus = ctx.pick((0.1,), (0.03, 0.1, 0.3, 1.0), (0.01, 0.03, 0.1, 0.3, 1.0))
+    epochs, polish = ctx.pick((300, 200), (2000, 1000), (5000, 1000))
+    for tau in taus:
+        ckpt = ctx.train(f"sec6/quadratic_tau{tau:g}.pt", "quadratic", "--dataset",
+                         f"separation:tau={tau:g}", "--optimizer", "adam", "--lr", 0.01,
+                         "--weight-decay", 1e-3, "--epochs", epochs, "--polish", polish)
+        first = ctx.analyze(ckpt, "--relations", "fact,nfa").layers[0]
+        note = f"stationarity {first.stationarity:.2g}"
+        ctx.q(f"fact_cosine.tau={tau:g}", _metric(first, "fact", "cosine"), note)
+        ctx.q(f"nfa_pearson.tau={tau:g}", _metric(first, "nfa"),
+              f"NFA cosine {_metric(first, 'nfa', 'cosine'):.3f}, α* {first.best_alpha:.2f}")
+
+
+def _mlp_options(ctx: Context, dataset_quick: str, dataset_full: str) -> tuple[object, ...]:
+    dataset = ctx.pick("mnist-10k:n=500,n_test=200", dataset_quick, dataset_full)
+    width, depth = ctx.pick(32, 256, 256), ctx.pick(3, 5, 5)
+    epochs = ctx.pick(20, 200, 200)
+    return ("--dataset", dataset, "--width", width, "--depth", depth, "--activation", "relu",
+            "--loss", "mse", "--optimizer", "sgd", "--lr", 0.5, "--momentum", 0.9,
+            "--weight-decay", 1e-4, "--schedule", "cosine", "--epochs", epochs,
+            "--batch-size", 128, "--seed", 0)
+
+
+def _fig2(ctx: Context, name: str, quick: str, full: str) -> None:
+    ckpt = ctx.train(f"{name}/mlp.pt", "mlp", *_mlp_options(ctx, quick, full))
+    analysis = ctx.analyze(ckpt, "--relations", "fact,fact_sqrt,nfa,enfa")
+    table = []
+    for layer in analysis.layers:
+        values = {r: _metric(layer, r) for r in ("fact", "fact_sqrt", "nfa", "enfa")}
+        note = ", ".join(f"{r} {v:.3f}" for r, v in values.items())
+        ctx.q(f"fact_minus_nfa.layer={layer.name}", values["fact"] - values["nfa"], note)
+        ctx.q(f"fact_minus_enfa.layer={layer.name}", values["fact"] - values["enfa"],
+              f"stationarity {layer.stationarity:.2g}")
+        table.append([layer.name, f"{layer.in_features}→{layer.out_features}",
+                      layer.stationarity, *values.values()])
+    ctx.write("pearson.md", markdown_table(["layer", "k→m", "stationarity", "fact",
+                                            "fact_sqrt", "nfa", "enfa"], table))
+
+
+def fig2_mnist(ctx: Context) -> None:
+    """5-layer ReLU MLP, MSE, SGD + momentum, cosine, λ 1e-4: FACT vs NFA vs eNFA per layer."""
+    _fig2(ctx, "fig2-mnist", "mnist-10k", "mnist")
+
+
+def fig2_cifar10(ctx: Context) -> None:
+    """The same on CIFAR-10 (needs the CIFAR-10 files in --data-dir, also in --quick)."""
+    if ctx.mode != "smoke" and ctx.data_dir is None:
+        raise FactError("fig2-cifar10 needs the CIFAR-10 files: give --data-dir (or use "
+                        "fig2-mnist, which runs on shipped data)")
+    _fig2(ctx, "fig2-cifar10", "cifar10:n=10000", "cifar10")
+
+
+def _over_training(ctx: Context, forward: bool) -> None:
+    """Agreement along one training run's snapshots (shared by fig8 and fig9-10)."""
+    epochs, every = ctx.pick((20, 5), (100, 10), (200, 10))
+    options = list(_mlp_options(ctx, "mnist-10k:n=2000,n_test=500", "mnist"))
+    options[options.index("--epochs") + 1] = epochs
+    digits = len(str(epochs))
+    snapshots = {e: f"fig8/mlp_epoch{e:0{digits}d}.pt" for e in range(0, epochs + 1, every)}
+    ctx.train("fig8/mlp.pt", "mlp", *options, "--save-every", every,
+              also=tuple(snapshots.values()))
+    relations = "fact,fact_sqrt,bfact,bfact_sqrt"
+    series = [(e, ctx.analyze(path, "--relations", relations)) for e, path in snapshots.items()]
+    plain, root = ("fact", "fact_sqrt") if forward else ("bfact", "bfact_sqrt")
+    prefix = "" if forward else "b"
+    table = []
+    for index, layer in enumerate(series[-1][1].layers):
+        track = [(epoch, a.layers[index]) for epoch, a in series]
+        for epoch, item in track:
+            table.append([epoch, item.name, item.stationarity, _metric(item, plain),
+                          _metric(item, root)])
+        middle, end = track[len(track) // 2], track[-1]
+        late = _metric(end[1], plain) - _metric(middle[1], plain)
+        lead = [_metric(item, root) - _metric(item, plain) for _, item in track[1:-1]]
+        ctx.q(f"{prefix}fact_jump.layer={layer.name}", late,
+              f"{plain} Pearson {_metric(track[0][1], plain):.3f} at epoch 0, "
+              f"{_metric(middle[1], plain):.3f} at epoch {middle[0]}, "
+              f"{_metric(end[1], plain):.3f} at epoch {end[0]}")
+        ctx.q(f"{prefix}sqrt_lead.layer={layer.name}",
+              sum(lead) / len(lead) if lead else math.nan,
+              f"mean of {root} − {plain} over the epochs strictly between first and last")
+    ctx.write(f"trajectory_{plain}.md", markdown_table(
+        ["epoch", "layer", "stationarity", plain, root], table))
+
+
+def fig8(ctx: Context) -> None:
+    """FACT and (FFᵀ)^½ agreement over training epochs (`fact train --save-every`)."""
+    _over_training(ctx, forward=True)
+
+
+def fig9_10(ctx: Context) -> None:
+    """The backward versions (bFACT, (BBᵀ)^½ vs WWᵀ) over the same run as fig8."""
+    _over_training(ctx, forward=False)
+
+
+def wd(ctx: Context) -> None:
+    """Beyond the paper: agreement against the weight decay λ (reviewers' question)."""
+    decays = ctx.pick((1e-3,), (1e-4, 1e-3, 1e-2), (1e-5, 1e-4, 1e-3, 1e-2))
+    dataset = ctx.pick("mnist-10k:n=300,n_test=100", "mnist-10k:n=2000,n_test=500", "mnist-10k")
+    width, epochs = ctx.pick(16, 64, 256), ctx.pick(10, 100, 200)
+    for decay in decays:
+        ckpt = ctx.train(f"wd/mlp_wd{decay:g}.pt", "mlp", "--dataset", dataset, "--width", width,
+                         "--depth", 3, "--lr", 0.5, "--momentum", 0.9, "--weight-decay", decay,
+                         "--epochs", epochs, "--seed", 0)
+        analysis = ctx.analyze(ckpt, "--relations", "fact,nfa")
+        for layer in analysis.layers:
+            ctx.q(f"fact_pearson.lambda={decay:g},layer={layer.name}", _metric(layer, "fact"),
+                  f"nfa {_metric(layer, 'nfa'):.3f}, stationarity {layer.stationarity:.2g}")
+
+
+def _ranks(values):
+    import numpy as np
+
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    return ranks
+
+
+def spearman_correlation(a, b) -> float:
+    """Spearman's ρ of the flattened entries: Pearson of their ranks (ties are rare here)."""
+    import numpy as np
+
+    x, y = _ranks(np.ravel(a)), _ranks(np.ravel(b))
+    x, y = x - x.mean(), y - y.mean()
+    denominator = math.sqrt(float((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / denominator) if denominator > 0 else math.nan
+
+
+def spearman(ctx: Context) -> None:
+    """Beyond the paper: rank correlation (Spearman) beside Pearson, on the fig2-mnist run."""
+    ckpt = ctx.train("fig2-mnist/mlp.pt", "mlp", *_mlp_options(ctx, "mnist-10k", "mnist"))
+    analysis = ctx.analyze(ckpt, "--relations", "fact,fact_sqrt,nfa,enfa")
+    for layer in analysis.layers:
+        nfm = layer.matrices["nfm"].numpy()
+        for relation in ("fact", "nfa", "enfa"):
+            rho = spearman_correlation(nfm, layer.matrices[relation].numpy())
+            ctx.q(f"spearman.{relation}.layer={layer.name}", rho,
+                  f"Pearson {_metric(layer, relation):.3f}")
+
+
+# ---------------------------------------------------------------- RFM
+
+def _rfm_matrix(ctx: Context, name: str, iteration: int | None = None):
+    import h5py
+    import numpy as np
+
+    with h5py.File(ctx.root / f"{name}.h5", "r") as handle:
+        t = int(handle.attrs["best_iteration"]) if iteration is None else iteration
+        return np.asarray(handle["layers"][f"iteration_{t}"]["nfm"])
+
+
+def _parity_runs(ctx: Context, k: int, n: int, updates: tuple[str, ...]):
+    spec = f"parity:d=50,k={k},n={n},n_test={min(n, 2000)},seed=0"
+    options = ("--data", spec, "--kernel", "gaussian", "--bandwidth", 5, "--ridge", 1e-3,
+               "--iters", 5)
+    runs = {}
+    for update in updates:
+        extra = ("--power", 1) if update == "nfa" else ()
+        runs[update] = ctx.rfm(f"parity/k{k}_n{n}_{update}", *options, "--update", update,
+                               *extra)
+    return spec, runs
+
+
+def fig3(ctx: Context) -> None:
+    """Sparse parity: NFA-RFM and FACT-RFM (geo) concentrate M on the k hidden coordinates."""
+    import numpy as np
+
+    from ..data.datasets import load_dataset
+
+    ks = ctx.pick((2,), (2, 3), (2, 3, 4))
+    for k in ks:
+        n = ctx.pick(500, 2000, 20000 if k == 4 else 10000)
+        spec, runs = _parity_runs(ctx, k, n, ("fact-geo", "nfa"))
+        hidden = sorted(load_dataset(spec).info["hidden"])
+        for update, rows in runs.items():
+            M = _rfm_matrix(ctx, f"parity/k{k}_n{n}_{update}", len(rows) - 1)
+            diagonal = np.diag(M)
+            top = sorted(np.argsort(diagonal)[::-1][:k].tolist())
+            share = float(diagonal[hidden].sum() / diagonal.sum())
+            ctx.q(f"hidden_on_top.k={k},{update}", float(top == hidden),
+                  f"top-{k} diag(M_5) {top}, hidden {hidden}, trace share {share:.2f}, "
+                  f"test acc {100 * rows[-1]['test_acc']:.1f} %")
+
+
+def fig4(ctx: Context) -> None:
+    """Sparse parity, the phase transition of test accuracy over RFM iterations."""
+    k, n = ctx.pick((3, 500), (3, 2000), (4, 25000))
+    _, runs = _parity_runs(ctx, k, n, ("fact-geo", "nfa"))
+    for update, rows in runs.items():
+        curve = [100 * r["test_acc"] for r in rows]
+        jumps = [b - a for a, b in zip(curve, curve[1:])]
+        ctx.q(f"largest_jump.{update}", max(jumps) if jumps else math.nan,
+              f"k = {k}, n = {n}; test acc % per iteration: "
+              + " ".join(f"{c:.1f}" for c in curve))
+
+
+def circulant_profile(M, p: int):
+    """The off-diagonal block's averages along its circulant diagonals (j − i mod p)."""
+    import numpy as np
+
+    block = np.asarray(M)[:p, p:2 * p]
+    index = np.arange(p)
+    return np.array([block[index, (index + shift) % p].mean() for shift in range(p)])
+
+
+def fig5(ctx: Context) -> None:
+    """Modular addition mod 61: FACT-RFM (geo) reaches 100 % test; block-circulant M."""
+    import numpy as np
+    import torch
+
+    from ..rfm.estimator import circulant_share
+
+    p = ctx.pick(13, 61, 61)
+    iters = {"fact-geo": ctx.pick(10, 60, 80), "nfa": ctx.pick(10, 25, 40)}
+    spec = f"modular:p={p},op=add,train_frac=0.5,seed=0"
+    profiles = {}
+    for update, count in iters.items():
+        extra = ("--center", "--power", 0.5) if update == "nfa" else ()
+        name = f"fig5/{update}"
+        rows = ctx.rfm(name, "--data", spec, "--kernel", "quadratic", "--ridge", 0,
+                       "--val-frac", 0, "--update", update, "--iters", count, *extra)
+        curve = [100 * r["test_acc"] for r in rows]
+        first = next((i for i, c in enumerate(curve) if c >= 99), None)
+        ctx.q(f"test_acc.{update}", curve[-1],
+              f"p = {p}, {count} iterations; best {max(curve):.2f} % at iteration "
+              f"{int(np.argmax(curve))}; first ≥ 99 % at {first}")
+        M = _rfm_matrix(ctx, name, len(rows) - 1)
+        pooled, shares = circulant_share(torch.from_numpy(M), blocks=2)
+        ctx.q(f"circulant.{update}", shares[1],
+              f"share of the a-to-b block's variance on its circulant diagonals; "
+              f"all four blocks pooled {pooled:.3f}")
+        profiles[update] = circulant_profile(M, p)
+    corr = np.corrcoef(profiles["fact-geo"], profiles["nfa"])[0, 1]
+    ctx.q("profile_corr.fact-geo~nfa", float(corr),
+          "Pearson of the two off-diagonal circulant profiles")
+
+
+def table1(ctx: Context) -> None:
+    """Tabular accuracy with the RFM protocol, on scikit-learn's shipped sets."""
+    sets = ctx.pick(("iris", "wine"), ("iris", "wine", "breast_cancer", "digits"),
+                    ("iris", "wine", "breast_cancer", "digits"))
+    iters = ctx.pick(1, 5, 5)
+    accuracy: dict[str, dict[str, float]] = {}
+    for name in sets:
+        rows = ctx.rfm(f"table1/{name}", "--data", f"sklearn:name={name}", "--protocol",
+                       "tabular", "--iters", iters, report=False)
+        accuracy[name] = {r["method"]: 100 * r["test_acc"] for r in rows}
+    methods = ("fact", "fact-geo", "nfa", "kernel")
+    means = {m: sum(a[m] for a in accuracy.values()) / len(accuracy) for m in methods}
+    for method in methods:
+        ctx.q(f"mean_acc.{method}", means[method],
+              f"mean over {len(sets)} scikit-learn sets ({', '.join(sets)}), not the paper's "
+              "121 UCI sets")
+    ctx.q("fact_minus_nfa", means["fact"] - means["nfa"], "points of mean accuracy")
+    ctx.q("fact_minus_kernel", means["fact"] - means["kernel"], "points of mean accuracy")
+    ctx.write("accuracy.md", markdown_table(["set", *methods], [
+        [name, *(a[m] for m in methods)] for name, a in accuracy.items()]))
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str
+    run: Callable[[Context], None]
+    summary: str
+
+
+FINDINGS = {f.name: f for f in (
+    Finding("fig11", fig11, "deep linear nets, depth 2–5: best NFA α = 1/L, FACT needs no tuning"),
+    Finding("sec6", sec6, "separation: FACT cosine ≈ 1 while NFA is nearly uncorrelated; τ sweep"),
+    Finding("fig2-mnist", fig2_mnist, "5-layer ReLU MLP on MNIST: FACT vs NFA vs eNFA per layer"),
+    Finding("fig2-cifar10", fig2_cifar10, "the same on CIFAR-10 (needs --data-dir)"),
+    Finding("fig8", fig8, "FACT agreement over epochs: jumps near interpolation, (FFᵀ)^½ earlier"),
+    Finding("fig9-10", fig9_10, "the backward versions (bFACT) over the same epochs"),
+    Finding("fig3", fig3, "sparse parity: M concentrates on the hidden coordinates"),
+    Finding("fig4", fig4, "sparse parity: phase transition of accuracy over iterations"),
+    Finding("fig5", fig5, "modular addition mod 61: FACT-RFM geo to 100 %, block-circulant M"),
+    Finding("table1", table1, "tabular accuracy, RFM protocol, beside 85.22/84.99/85.10/83.71"),
+    Finding("wd", wd, "beyond the paper: agreement against the weight decay λ"),
+    Finding("spearman", spearman, "beyond the paper: Spearman rank correlation beside Pearson"),
+)}
+
+PENDING = {
+    "fig6": "FACT vs NFA proportionality for inner-product kernels (Prop. 5.1): not yet built",
+    "cnn": "FACT vs NFA on the built-in cnn: needs the any-model engine (issue 9)",
+    "transformer": "FACT vs NFA on the built-in transformer: needs the any-model engine (issue 9)",
+    "adamw": "fact_adamw at an AdamW fixed point: needs the relation in fact analyze",
+}

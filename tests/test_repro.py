@@ -1,0 +1,126 @@
+"""fact repro: verdict rules, the paper's values file, resumable steps, and the findings run
+end to end at tiny (--smoke) settings, fig11 and sec6 also at --quick with their verdicts."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from factcli.errors import FactError
+from factcli.repro import FINDINGS, PENDING, reproduce
+from factcli.repro.findings import circulant_profile, spearman_correlation
+from factcli.repro.runner import Runner, Step
+from factcli.repro.verdict import judge, paper_entry, paper_values, quantity
+from tests.helpers import fact_inprocess
+
+
+def test_rules():
+    within = {"paper": 0.5, "rule": {"op": "within", "tol": 0.05}}
+    assert judge(within, 0.54) == "reproduced"
+    assert judge(within, 0.56) == "not reproduced"
+    least = {"paper": "text", "rule": {"op": "at_least", "than": 0.99}}
+    assert judge(least, 0.995) == "reproduced"
+    assert judge(least, 0.98) == "not reproduced"
+    most = {"paper": "text", "rule": {"op": "at_most", "than": 0.3}}
+    assert judge(most, 0.1) == "reproduced" and judge(most, 0.4) == "not reproduced"
+    assert judge(least, math.nan) == "not reproduced"  # unmeasured is never a success
+    assert judge(None, 1.0) == "no paper value"
+
+
+def test_paper_values_file():
+    values = paper_values()
+    assert values["sec6/fact_cosine.tau=0.1"]["paper"] == 0.994
+    assert [values[f"table1/mean_acc.{m}"]["paper"] for m in ("fact", "fact-geo", "nfa",
+                                                               "kernel")] == [85.22, 84.99,
+                                                                              85.10, 83.71]
+    for key, entry in values.items():
+        finding = key.split("/")[0]
+        assert finding in FINDINGS or finding in PENDING, key
+        assert entry["source"] and entry["rule"]["op"] in ("within", "at_least", "at_most")
+        if entry["rule"]["op"] == "within":
+            assert isinstance(entry["paper"], float)
+    assert paper_entry("fig11", "fact_pearson.L=4")["rule"]["than"] == 0.99  # a pattern
+    assert paper_entry("wd", "fact_pearson.lambda=0.001,layer=0") is None
+    row = quantity("wd", "x", math.nan)
+    assert row["verdict"] == "no paper value" and row["measured"] is None
+
+
+def test_spearman_and_circulant_profile():
+    import numpy as np
+
+    a = np.arange(9.0).reshape(3, 3)
+    assert spearman_correlation(a, a ** 3) == pytest.approx(1.0)
+    assert spearman_correlation(a, -a) == pytest.approx(-1.0)
+    p = 5
+    M = np.zeros((2 * p, 2 * p))
+    for i in range(p):
+        for j in range(p):
+            M[i, p + j] = (j - i) % p
+    assert circulant_profile(M, p).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_steps_resume_and_fail_in_one_line(tmp_path):
+    runner = Runner(tmp_path)
+    step = Step.of("rfm", "--data", "sklearn:name=iris", "--iters", 1, "--format", "jsonl",
+                   stdout="iris.jsonl")
+    runner.run(step)
+    first = (tmp_path / "iris.jsonl").read_text()
+    assert [json.loads(line)["iteration"] for line in first.splitlines()] == [0, 1]
+    runner.run(step)
+    assert runner.ran == [step.line] and runner.reused == [step.line]
+    (tmp_path / "iris.jsonl").unlink()  # a missing output makes the step run again
+    runner.run(step)
+    assert len(runner.ran) == 2
+    changed = Step.of(*step.argv[:-2], "--format", "tsv", stdout="iris.jsonl")
+    assert changed.key != step.key and not runner.done(changed)
+    with pytest.raises(FactError, match=r"step failed \(exit 2\).*unknown sklearn set"):
+        runner.run(Step.of("rfm", "--data", "sklearn:name=nope", stdout="bad.jsonl"))
+    assert not (tmp_path / "bad.jsonl").exists()
+
+
+def test_unknown_and_pending_findings(tmp_path):
+    with pytest.raises(FactError, match="unknown finding"):
+        reproduce(["fig99"], tmp_path)
+    with pytest.raises(FactError, match="not available yet"):
+        reproduce(["adamw"], tmp_path)
+    result = fact_inprocess("repro", "--list")
+    assert result.exit_code == 0 and all(name in result.stdout for name in FINDINGS)
+    result = fact_inprocess("repro", "fig11", "--quick", "--full", "--out", tmp_path)
+    assert result.exit_code == 2 and "choose one of" in result.output
+
+
+def _rows(root):
+    return [json.loads(line) for line in (root / "summary.jsonl").read_text().splitlines()]
+
+
+def test_every_finding_runs_at_smoke_settings(tmp_path):
+    names = [n for n in FINDINGS if n != "fig2-cifar10"]  # needs data that is not shipped
+    rows = reproduce(names, tmp_path, mode="smoke")
+    assert {r["finding"] for r in rows} == set(names)
+    for row in rows:
+        assert set(row) >= {"finding", "quantity", "paper", "measured", "verdict"}
+        assert row["verdict"] in ("reproduced", "not reproduced", "no paper value")
+    assert _rows(tmp_path) == rows  # the summary holds every finding run into the folder
+    assert "| fig11 | alpha_star.L=2 |" in (tmp_path / "summary.md").read_text()
+    script = (tmp_path / "fig8" / "commands.sh").read_text()
+    assert "fact train mlp" in script and "--save-every 5" in script
+    assert script.startswith("#!/bin/sh") and "fact analyze fig8/mlp_epoch05.pt" in script
+    def timing(name):
+        return json.loads((tmp_path / name / "timing.json").read_text())
+
+    assert timing("fig9-10")["steps_run"] == 0  # fig8's run and analyses, reused
+    again = reproduce(["fig11"], tmp_path, mode="smoke")  # resumed: nothing re-runs
+    assert timing("fig11")["steps_run"] == 0 and timing("fig11")["steps"] == 8
+    assert again == [r for r in rows if r["finding"] == "fig11"]
+    assert len(_rows(tmp_path)) == len(rows)
+
+
+def test_quick_fig11_and_sec6_reproduce(tmp_path):
+    rows = reproduce(["fig11", "sec6"], tmp_path, mode="quick")
+    verdicts = {r["quantity"]: r["verdict"] for r in rows}
+    for depth in (2, 3, 4, 5):
+        assert verdicts[f"alpha_star.L={depth}"] == "reproduced"
+        assert verdicts[f"fact_pearson.L={depth}"] == "reproduced"
+    assert verdicts["fact_cosine.tau=0.1"] == "reproduced"
