@@ -312,21 +312,16 @@ def fig5(ctx: Context) -> None:
 
     from ..rfm.estimator import circulant_share
 
-    p = ctx.pick(13, 61, 61)
-    iters = {"fact-geo": ctx.pick(10, 60, 80), "nfa": ctx.pick(10, 25, 40)}
-    spec = f"modular:p={p},op=add,train_frac=0.5,seed=0"
+    spec, runs = fig5_runs(ctx)
+    p = int(spec.split("p=")[1].split(",")[0])
     profiles = {}
-    for update, count in iters.items():
-        extra = ("--center", "--power", 0.5) if update == "nfa" else ()
-        name = f"fig5/{update}"
-        rows = ctx.rfm(name, "--data", spec, "--kernel", "quadratic", "--ridge", 0,
-                       "--val-frac", 0, "--update", update, "--iters", count, *extra)
+    for update, rows in runs.items():
         curve = [100 * r["test_acc"] for r in rows]
         first = next((i for i, c in enumerate(curve) if c >= 99), None)
         ctx.q(f"test_acc.{update}", curve[-1],
-              f"p = {p}, {count} iterations; best {max(curve):.2f} % at iteration "
+              f"p = {p}, {len(rows) - 1} iterations; best {max(curve):.2f} % at iteration "
               f"{int(np.argmax(curve))}; first ≥ 99 % at {first}")
-        M = _rfm_matrix(ctx, name, len(rows) - 1)
+        M = _rfm_matrix(ctx, f"fig5/{update}", len(rows) - 1)
         pooled, shares = circulant_share(torch.from_numpy(M), blocks=2)
         ctx.q(f"circulant.{update}", shares[1],
               f"share of the a-to-b block's variance on its circulant diagonals; "
@@ -335,6 +330,47 @@ def fig5(ctx: Context) -> None:
     corr = np.corrcoef(profiles["fact-geo"], profiles["nfa"])[0, 1]
     ctx.q("profile_corr.fact-geo~nfa", float(corr),
           "Pearson of the two off-diagonal circulant profiles")
+
+
+def fig5_runs(ctx: Context) -> tuple[str, dict[str, list[dict[str, Any]]]]:
+    """fig5's two RFM runs (shared with fig6): modular addition, quadratic kernel, ridge 0."""
+    p = ctx.pick(13, 61, 61)
+    iters = {"fact-geo": ctx.pick(10, 60, 80), "nfa": ctx.pick(10, 25, 40)}
+    spec = f"modular:p={p},op=add,train_frac=0.5,seed=0"
+    runs = {}
+    for update, count in iters.items():
+        extra = ("--center", "--power", 0.5) if update == "nfa" else ()
+        runs[update] = ctx.rfm(f"fig5/{update}", "--data", spec, "--kernel", "quadratic",
+                               "--ridge", 0, "--val-frac", 0, "--update", update,
+                               "--iters", count, *extra)
+    return spec, runs
+
+
+def fig6(ctx: Context) -> None:
+    """Inner-product kernels: the FACT-RFM (geo) and NFA-RFM updates computed from the same M_t
+    (fig5's FACT-RFM geo run), compared entry by entry (Prop. 5.1: FACT_t = M Xᵀ Ω X)."""
+    import torch
+
+    from ..data.datasets import load_dataset
+    from ..engine.linalg import psd_power
+    from ..engine.metrics import pearson
+    from ..rfm import kernels
+    from ..rfm.estimator import update_matrix
+
+    spec, runs = fig5_runs(ctx)
+    data = load_dataset(spec)
+    x = data.x_train.double()
+    y = torch.nn.functional.one_hot(data.y_train, data.n_classes).double()
+    kernel = kernels.Kernel("quadratic")
+    last = len(runs["fact-geo"]) - 1
+    for t in sorted({0, last // 2, last}):
+        M = torch.from_numpy(_rfm_matrix(ctx, "fig5/fact-geo", t))
+        alpha, _ = kernels.solve(kernel.matrix(x, x, M), y, 0.0)
+        F = kernels.fact(kernel, x, alpha, M)
+        A = kernels.agop(kernel, x, alpha, M)
+        ctx.q(f"update_pearson.iteration={t}",
+              pearson(update_matrix("fact-geo", M, F), psd_power(A, 0.5)),
+              f"(F M² Fᵀ)^¼ vs AGOP^½ at M_{t}; sym(F) vs AGOP: {pearson((F + F.mT) / 2, A):.3f}")
 
 
 def table1(ctx: Context) -> None:
@@ -376,13 +412,13 @@ FINDINGS = {f.name: f for f in (
     Finding("fig3", fig3, "sparse parity: M concentrates on the hidden coordinates"),
     Finding("fig4", fig4, "sparse parity: phase transition of accuracy over iterations"),
     Finding("fig5", fig5, "modular addition mod 61: FACT-RFM geo to 100 %, block-circulant M"),
+    Finding("fig6", fig6, "inner-product kernels: FACT-RFM geo vs NFA-RFM updates from one M_t"),
     Finding("table1", table1, "tabular accuracy, RFM protocol, beside 85.22/84.99/85.10/83.71"),
     Finding("wd", wd, "beyond the paper: agreement against the weight decay λ"),
     Finding("spearman", spearman, "beyond the paper: Spearman rank correlation beside Pearson"),
 )}
 
 PENDING = {
-    "fig6": "FACT vs NFA proportionality for inner-product kernels (Prop. 5.1): not yet built",
     "cnn": "FACT vs NFA on the built-in cnn: needs the any-model engine (issue 9)",
     "transformer": "FACT vs NFA on the built-in transformer: needs the any-model engine (issue 9)",
     "adamw": "fact_adamw at an AdamW fixed point: needs the relation in fact analyze",
