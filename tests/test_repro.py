@@ -84,7 +84,7 @@ def test_unknown_and_pending_findings(tmp_path):
     with pytest.raises(FactError, match="unknown finding"):
         reproduce(["fig99"], tmp_path)
     with pytest.raises(FactError, match="not available yet"):
-        reproduce(["adamw"], tmp_path)
+        reproduce(["cnn"], tmp_path)
     result = fact_inprocess("repro", "--list")
     assert result.exit_code == 0 and all(name in result.stdout for name in FINDINGS)
     result = fact_inprocess("repro", "fig11", "--quick", "--full", "--out", tmp_path)

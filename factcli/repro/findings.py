@@ -421,5 +421,5 @@ FINDINGS = {f.name: f for f in (
 PENDING = {
     "cnn": "FACT vs NFA on the built-in cnn: needs the any-model engine (issue 9)",
     "transformer": "FACT vs NFA on the built-in transformer: needs the any-model engine (issue 9)",
-    "adamw": "fact_adamw at an AdamW fixed point: needs the relation in fact analyze",
+    "adamw": "fact_adamw at an AdamW fixed point: the relation is not in fact analyze yet",
 }
