@@ -122,7 +122,7 @@ def _in_process(argv: Sequence[str], root: Path, out: TextIO, err: TextIO) -> in
 def write_script(path: Path, finding: str, steps: Sequence[Step]) -> None:
     """The commands of one finding, runnable by hand from the output folder."""
     lines = ["#!/bin/sh", f"# fact repro {finding}: the commands it ran, in order.",
-             "# Run from the output folder (this script's parent's parent) or as sh THIS_FILE.",
+             "# sh DIR/FINDING/commands.sh runs them in DIR, the folder above this one.",
              'cd "$(dirname "$0")/.." || exit 1', "set -e", *(s.line for s in steps)]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
