@@ -124,7 +124,7 @@ def _mlp_options(ctx: Context, dataset_quick: str, dataset_full: str) -> tuple[o
 
 def _fig2(ctx: Context, name: str, quick: str, full: str) -> None:
     ckpt = ctx.train(f"{name}/mlp.pt", "mlp", *_mlp_options(ctx, quick, full))
-    analysis = ctx.analyze(ckpt, "--relations", "fact,fact_sqrt,nfa,enfa")
+    analysis = ctx.analyze(ckpt, "--relations", "fact,fact_sqrt,nfa,enfa", "--matrices", "all")
     table = []
     for layer in analysis.layers:
         values = {r: _metric(layer, r) for r in ("fact", "fact_sqrt", "nfa", "enfa")}
@@ -231,7 +231,7 @@ def spearman_correlation(a, b) -> float:
 def spearman(ctx: Context) -> None:
     """Beyond the paper: rank correlation (Spearman) beside Pearson, on the fig2-mnist run."""
     ckpt = ctx.train("fig2-mnist/mlp.pt", "mlp", *_mlp_options(ctx, "mnist-10k", "mnist"))
-    analysis = ctx.analyze(ckpt, "--relations", "fact,fact_sqrt,nfa,enfa")
+    analysis = ctx.analyze(ckpt, "--relations", "fact,fact_sqrt,nfa,enfa", "--matrices", "all")
     for layer in analysis.layers:
         nfm = layer.matrices["nfm"].numpy()
         for relation in ("fact", "nfa", "enfa"):
