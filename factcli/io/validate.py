@@ -265,6 +265,12 @@ def report_attrs(attrs: Mapping[str, Any], where: str) -> dict[str, Any]:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise FactError(f"{where}: attribute {key!r} must be a JSON list of text")
             info[key] = value
+    if "not_analyzed" in info:  # weights the engine could not see: a JSON list of objects
+        value = parse_json(text(info["not_analyzed"], f"{where}: not_analyzed"),
+                           f"{where}: not_analyzed")
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise FactError(f"{where}: attribute 'not_analyzed' must be a JSON list of objects")
+        info["not_analyzed"] = value
     for key in ("weight_decay", "alpha", "data_loss", "objective", "accuracy"):
         if key in info:
             info[key] = number(info[key], f"{where}: attribute {key!r}", finite=False)
