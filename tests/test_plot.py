@@ -413,3 +413,18 @@ def test_the_network_check_catches_a_page_that_fetches(tmp_path):
     page.write_text('<html><body><p>x</p><img src="https://example.invalid/x.png"></body></html>')
     browse(page, tmp_path, f"--screenshot={tmp_path / 'leaky.png'}", f"--log-net-log={netlog}")
     assert page_requests(netlog) == ["https://example.invalid/x.png"]
+
+
+def test_report_of_a_default_report_recomputes_the_alpha_view(run, tmp_path):
+    """A report with the default matrices has no AGOP: the page recomputes it from the
+    checkpoint it records and says so; without the checkpoint it says why there is no figure."""
+    from factcli.plot.html import html_report
+
+    report = tmp_path / "default.h5"
+    ok(fact_inprocess("analyze", run[-1], "--report", report, "-f", "jsonl", "--layers", "0"))
+    page = html_report([read(report)])
+    assert "NFM and AGOP recomputed from the checkpoint" in page
+    moved = read(report)
+    moved.info["checkpoint"] = str(tmp_path / "gone.pt")
+    page = html_report([moved])
+    assert "NFA power α: not drawn" in page and "--matrices nfm,agop" in page

@@ -191,7 +191,8 @@ def bars(result: Analysis | cmp.Source, relations: Sequence[str] | None = None,
             if math.isfinite(value) and value > 0:
                 side.hlines(i, low, value, color="0.35", linewidth=1.2)
                 side.plot([value], [i], "o", color="0.15", markersize=4)
-                side.annotate(f"{value:.2g}", (value, i), xytext=(0, 5),
+                side.annotate(f"{value:.2g}" if value < 100 else f"{value:.0f}", (value, i),
+                              xytext=(0, 5),
                               textcoords="offset points", ha="center", fontsize=6.5)
             else:
                 side.text(low, i, " unknown", va="center", fontsize=7, color="0.4")

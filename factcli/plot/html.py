@@ -21,7 +21,7 @@ from ..engine.conventions import METRIC_NAMES, RELATIONS
 from ..engine.results import Analysis
 from ..errors import FactError
 from . import _style, figures
-from .inputs import has_matrices
+from .inputs import with_agop
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 STYLE = """
@@ -135,19 +135,23 @@ def analysis_section(index: int, analysis: Analysis) -> str:
     parts.append("<h3>Figures</h3>")
     if any(layer.metrics for layer in analysis.layers):
         parts.append(embed(figures.bars(analysis), ".svg", f"agreement per layer of {label}"))
-    if has_matrices(analysis, ("nfm", "agop")):
-        parts.append(embed(figures.alpha(analysis), ".svg", f"NFA power α of {label}"))
-    else:
-        absent = [name for name in ("nfm", "agop") if not has_matrices(analysis, (name,))]
-        parts.append(_note(f"NFA power α: not drawn — the report stores no "
-                           f"{' and '.join(absent)} matrix; "
-                           + figures.missing_matrix_hint(absent) + " (fact plot --kind alpha "
-                           "recomputes it from the checkpoint)."))
+    parts.append(alpha_figure(analysis, str(label)))
     for layer in analysis.layers:
         parts.append(_figure_or_note(
             lambda layer=layer: figures.matrices(analysis, layer.name), ".png",
             f"feature matrices of layer {layer.name}"))
     return "\n".join(parts)
+
+
+def alpha_figure(analysis: Analysis, label: str) -> str:
+    """The alpha view from the stored NFM and AGOP, else recomputed from the recorded checkpoint
+    (the default report stores no AGOP), else one line saying why it is missing."""
+    try:
+        source_analysis, source = with_agop(analysis)
+        figure = figures.alpha(source_analysis, source=source)
+    except FactError as error:
+        return _note(f"NFA power α: not drawn — {error}.")
+    return embed(figure, ".svg", f"NFA power α of {label}", f"NFM and AGOP {source}.")
 
 
 def rows_section(index: int, source: Source) -> str:
