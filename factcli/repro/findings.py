@@ -419,7 +419,7 @@ FINDINGS = {f.name: f for f in (
 )}
 
 PENDING = {
-    "cnn": "FACT vs NFA on the built-in cnn: needs the any-model engine (issue 9)",
-    "transformer": "FACT vs NFA on the built-in transformer: needs the any-model engine (issue 9)",
+    "cnn": "FACT vs NFA on the built-in cnn: the finding is not written yet",
+    "transformer": "FACT vs NFA on the built-in transformer: the finding is not written yet",
     "adamw": "fact_adamw at an AdamW fixed point: the relation is not in fact analyze yet",
 }
