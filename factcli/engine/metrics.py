@@ -1,5 +1,10 @@
 """Agreement between a feature matrix A (NFM or bNFM) and a relation's matrix B (relations.md §4).
 
+Each metric takes dense tensors or `Factored` matrices (A = L Rᵀ, never formed): the same code
+computes both, from a norm, an entry mean, a difference and an inner product, which a `Factored`
+gives from small Gram matrices and column sums (relations.md §4.1). A dense matrix beside a
+`Factored` one is already as large as the product, so that product is formed (size-checked).
+
 Every metric is NaN when it is undefined (a zero matrix, an unknown scale), never 0 or 1.
 """
 
@@ -9,29 +14,46 @@ import math
 
 import torch
 
+from .factored import Factored
 
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+Matrix = torch.Tensor | Factored
+
+
+def _operands(a: Matrix, b: Matrix) -> tuple[Matrix, Matrix]:
+    """Both float64, both `Factored` or both dense (flattened: only the entries matter)."""
+    if isinstance(a, Factored) and isinstance(b, Factored):
+        return a, b
+    a, b = (x.dense() if isinstance(x, Factored) else x for x in (a, b))
+    return a.double().flatten(), b.double().flatten()
+
+
+def _inner(a: Matrix, b: Matrix) -> torch.Tensor:
+    return a.inner(b) if isinstance(a, Factored) else (a * b).sum()
+
+
+def cosine(a: Matrix, b: Matrix) -> float:
     """⟨A, B⟩_F / (‖A‖_F ‖B‖_F), uncentered (the paper's Fig. 7)."""
-    a, b = a.double().flatten(), b.double().flatten()
-    denominator = a.norm() * b.norm()
-    if denominator == 0 or not torch.isfinite(denominator):
+    a, b = _operands(a, b)
+    denominator = float(a.norm() * b.norm())
+    if denominator == 0 or not math.isfinite(denominator):
         return math.nan
-    return min(1.0, max(-1.0, float((a @ b) / denominator)))  # round-off can pass ±1 by an ulp
+    return min(1.0, max(-1.0, float(_inner(a, b)) / denominator))  # round-off can pass ±1
 
 
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Pearson correlation of the flattened entries (the paper's Fig. 2)."""
-    a, b = a.double().flatten(), b.double().flatten()
+def pearson(a: Matrix, b: Matrix) -> float:
+    """Pearson correlation of the entries (the paper's Fig. 2): the cosine once each matrix
+    has its entry mean subtracted."""
+    a, b = _operands(a, b)
     return cosine(a - a.mean(), b - b.mean())
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+def rel_err(a: Matrix, b: Matrix) -> float:
     """‖A − B‖_F / ‖A‖_F: meaningful only when B carries an absolute scale (the FACT family)."""
-    a, b = a.double(), b.double()
-    norm = a.norm()
-    if norm == 0 or not torch.isfinite(norm):
+    a, b = _operands(a, b)
+    norm = float(a.norm())
+    if norm == 0 or not math.isfinite(norm):
         return math.nan
-    return float((a - b).norm() / norm)
+    return float((a - b).norm()) / norm
 
 
 METRICS = {"pearson": pearson, "cosine": cosine, "rel_err": rel_err}

@@ -163,12 +163,14 @@ def _vm_size() -> int:
     return 0
 
 
-def check_memory(n_bytes: float, what: str) -> None:
-    """Refuse `what` when its tensors alone (`n_bytes`) exceed the memory available."""
+def check_memory(n_bytes: float, what: str, hint: str = "") -> None:
+    """Refuse `what` when its tensors alone (`n_bytes`) exceed the memory available; `hint`
+    ends the message (what to do instead)."""
     budget = available_memory()
     if n_bytes > budget:
         raise FactError(f"{what} would need {_size(n_bytes)}, more than the {_size(budget)} of "
-                        "memory available (FACT_MEMORY_LIMIT sets the limit)")
+                        "memory available (FACT_MEMORY_LIMIT sets the limit)"
+                        + (f"; {hint}" if hint else ""))
 
 
 def _size(n_bytes: float) -> str:
