@@ -21,9 +21,29 @@ from torch import nn
 
 
 def _per_sample_loss(loss, out, target):
+    """ℓ_i from the sample's flat outputs `out`; integer targets (T,) are one id per position."""
+    if target.ndim == 1 and not target.is_floating_point():
+        return _per_position_loss(loss, out.reshape(len(target), -1), target)
     if loss == "mse":
-        return ((out - target) ** 2).mean()
+        return ((out - target.reshape(-1)) ** 2).mean()
     return torch.nn.functional.cross_entropy(out.unsqueeze(0), target.view(1))
+
+
+def _per_position_loss(loss, rows, ids):
+    """The mean over the positions whose id is not -100 of each position's loss, written out
+    (log-sum-exp by hand for cross_entropy/next_token, a one-hot by hand for mse); 0 if none."""
+    terms = []
+    for row, y in zip(rows, ids.tolist()):
+        if y == -100:
+            continue
+        if loss == "mse":
+            hot = torch.zeros_like(row)
+            hot[y] = 1.0
+            terms.append(((row - hot) ** 2).sum() / len(row))
+        else:
+            top = row.max().detach()
+            terms.append(torch.log(torch.exp(row - top).sum()) + top - row[y])
+    return sum(terms) / len(terms) if terms else rows.sum() * 0.0
 
 
 def weight_matrix(module):

@@ -63,14 +63,17 @@ class Attention(nn.Module):
         return self.head(h.mean(dim=1 if self.batch_first else 0))
 
 
-def explicit_attention(q, k, v, o, x, heads):
-    """Multi-head attention of batch-first x with explicit projections (the twin's)."""
+def explicit_attention(q, k, v, o, x, heads, mask=None):
+    """Multi-head attention of batch-first x with explicit projections (the twin's); `mask`
+    (T×T, True = not attended) as nn.MultiheadAttention's boolean attn_mask."""
     b, t, d = x.shape
 
     def split(z):
         return z.view(b, t, heads, d // heads).transpose(1, 2)
 
     scores = split(q(x)) @ split(k(x)).transpose(-1, -2) / math.sqrt(d // heads)
+    if mask is not None:
+        scores = scores.masked_fill(mask, -math.inf)
     mixed = (scores.softmax(dim=-1) @ split(v(x))).transpose(1, 2).reshape(b, t, d)
     return o(mixed)
 
@@ -90,8 +93,8 @@ class Projections(nn.Module):
         self.o = nn.Linear(d, d).double()
         self.o.load_state_dict(attention.out_proj.state_dict())
 
-    def forward(self, x):
-        return explicit_attention(self.q, self.k, self.v, self.o, x, self.heads)
+    def forward(self, x, mask=None):
+        return explicit_attention(self.q, self.k, self.v, self.o, x, self.heads, mask)
 
 
 class AttentionTwin(nn.Module):

@@ -24,7 +24,8 @@ Arch = Annotated[Optional[str], typer.Option(help="Architecture of a plain state
                                              "linear, quadratic or package.module:factory.")]
 Model = Annotated[Optional[str], typer.Option(help="Model description as JSON or key=value,... "
                                               "(e.g. arch=mlp,activation=tanh).")]
-Loss = Annotated[Optional[str], typer.Option(help="mse or cross_entropy (default: recorded).")]
+Loss = Annotated[Optional[str], typer.Option(
+    help="mse, cross_entropy or next_token (alias causal_lm; per position) (default: recorded).")]
 Decay = Annotated[Optional[float], typer.Option(help="λ, the coupled weight decay (default: "
                                                 "recorded).")]
 Alpha = Annotated[float, typer.Option(help="NFA power: nfa = AGOP^α.")]

@@ -162,7 +162,9 @@ def train(
         help="mlp activation: relu (default), gelu, tanh, quadratic, identity.")] = None,
     bias: Annotated[bool | None, typer.Option(
         "--bias/--no-bias", help="mlp biases (default: on; linear/quadratic have none).")] = None,
-    loss: Annotated[str, typer.Option(help="mse or cross_entropy.")] = "mse",
+    loss: Annotated[str, typer.Option(
+        help="mse, cross_entropy, or next_token (alias causal_lm) for a causal LM on "
+        "per-position targets.")] = "mse",
     optimizer: Annotated[str, typer.Option(
         help="sgd, gd (full batch), adam (coupled L2), or adamw (decoupled: FACT only "
         "approximate).")] = "sgd",

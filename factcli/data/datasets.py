@@ -59,16 +59,20 @@ class Dataset:
         return "sha256:" + digest.hexdigest()
 
     def targets(self, loss: str, split: str = "train") -> torch.Tensor:
-        """Targets as the loss wants them: one-hot floats for `mse`, labels for `cross_entropy`."""
+        """Targets as the loss wants them: one-hot floats for `mse` of one label per sample,
+        labels otherwise (per-position labels (n, T) stay ids: the loss one-hots them)."""
         labels = self.y_train if split == "train" else self.y_test
         if labels is None:
             raise FactError(f"dataset {self.spec!r} has no {split} split")
         if self.n_classes is None:
-            if loss == "cross_entropy":
+            if loss != "mse":
                 raise FactError(f"dataset {self.spec!r} has real-valued targets; "
-                                "cross_entropy needs class labels (use --loss mse)")
+                                f"{loss} needs class labels (use --loss mse)")
             return labels if labels.ndim > 1 else labels.unsqueeze(1)
-        if loss == "mse":
+        if loss == "next_token" and labels.ndim != 2:
+            raise FactError(f"--loss next_token needs next-token targets (n, T), as token "
+                            f"datasets give; {self.spec!r} has one label per sample")
+        if loss == "mse" and labels.ndim == 1:
             return torch.nn.functional.one_hot(labels, self.n_classes).to(torch.get_default_dtype())
         return labels
 

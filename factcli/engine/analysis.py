@@ -20,7 +20,7 @@ from ..io.checkpoint import Checkpoint, load_checkpoint
 from ..models.archs import check_finite
 from . import relations as rel
 from .device import resolve_device, resolve_dtype
-from .losses import check_loss
+from .losses import check_loss, sample_accuracy
 from .metrics import METRICS
 from .results import Analysis, LayerResult
 from .sums import Sums, accumulate
@@ -173,8 +173,8 @@ def prepare(
                     checkpoint_sha256=checkpoint.sha256, model=checkpoint.model)
     loss = loss or training.get("loss")
     if not loss:
-        _missing("loss", "--loss mse|cross_entropy")
-    check_loss(loss)
+        _missing("loss", "--loss mse|cross_entropy|next_token")
+    loss = check_loss(loss)
     dataset = dataset if dataset is not None else training.get("dataset")
     if dataset is None:
         _missing("dataset", "--data SPEC")
@@ -271,8 +271,10 @@ def _stream(network: nn.Module, chosen: list[Layer], data: Dataset, x: torch.Ten
                 raise FactError(f"the model does not fit dataset {data.spec!r} (inputs of shape "
                                 f"{tuple(x.shape[1:])}, {loss} targets): {first}") from None
             raise
-        if data.n_classes is not None and output.shape[1] == data.n_classes:
-            hits = (output.argmax(dim=1) == labels[start:stop].to(device)).double()
+        hits = sample_accuracy(output, labels[start:stop].to(device), data.n_classes)
+        if hits is None:  # outputs that are not class scores: no accuracy, never a 0
+            sums.correct += math.nan
+        else:
             sums.correct += hits.sum() if batch_w is None else (hits * batch_w.double()).sum()
         if progress:
             progress(stop, n)

@@ -128,7 +128,7 @@ def _add_product(total: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -
 def accumulate(model: nn.Module, layers: list[Layer], sums: Sums, x: torch.Tensor,
                target: torch.Tensor, weight: torch.Tensor | None, loss: str,
                outputs: bool = True, per_use: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Add one batch to `sums`; returns (per-sample loss ℓ_i, model output (n, c)).
+    """Add one batch to `sums`; returns (per-sample loss ℓ_i, model output in its own shape).
 
     `weight` holds the per-sample weights w_i, or None for w_i = 1. With `outputs=False` no
     AGOP is needed and the c-probe batched backward is skipped: one backward of the loss. With
@@ -139,12 +139,12 @@ def accumulate(model: nn.Module, layers: list[Layer], sums: Sums, x: torch.Tenso
     if output.ndim == 0 or len(output) != len(x):
         raise FactError(f"the model returned shape {tuple(output.shape)} for a batch of "
                         f"{len(x)}: expected one row of outputs per sample")
-    output = output.reshape(len(x), -1)
     if not output.is_floating_point():
         raise FactError(f"the model returned {output.dtype} values, not floating-point outputs")
     parameters = list({id(layer.parameter): layer.parameter for layer in layers}.values())
     zs = [use.z for use in capture.uses] if per_use else []
-    losses = per_sample_loss(loss, output, target)
+    losses = per_sample_loss(loss, output, target)  # sees the output's own shape (n, T, V)
+    shaped, output = output, output.reshape(len(x), -1)  # the probes run over every output
     root = None if weight is None else weight.to(losses.dtype).sqrt()
     options = dict(allow_unused=True, materialize_grads=True)
     if weight is None:  # w_i = 1: one backward gives both ∇_θ Σ ℓ_i and every g
@@ -181,4 +181,4 @@ def accumulate(model: nn.Module, layers: list[Layer], sums: Sums, x: torch.Tenso
     for name, what in capture.unseen.items():
         sums.unseen.setdefault(name, what)
     sums.batches += 1
-    return losses, output.detach()
+    return losses, shaped.detach()

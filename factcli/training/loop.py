@@ -35,7 +35,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from torch import nn
 from .. import __version__
 from ..data.datasets import Dataset, load_dataset
 from ..engine.device import resolve_device, resolve_dtype
-from ..engine.losses import check_loss, per_sample_loss
+from ..engine.losses import check_loss, per_sample_loss, sample_accuracy
 from ..errors import FactError
 from ..io.checkpoint import FORMAT, Checkpoint, load_checkpoint, read_pt, save_checkpoint
 from ..io.files import check_writable, save_torch
@@ -194,9 +194,8 @@ def _resolve(c: TrainConfig, data: Dataset) -> tuple[dict[str, Any], dict[str, A
                         f"{data.n_train} samples); use --optimizer sgd")
     if data.n_train == 0:
         raise FactError(f"dataset {data.spec!r} has no training samples")
-    if c.loss == "cross_entropy" and data.n_classes is None:
-        raise FactError(f"dataset {data.spec!r} has real-valued targets; cross_entropy needs "
-                        "class labels (use --loss mse)")
+    if c.loss != "mse":
+        data.targets(c.loss)  # refuses real-valued targets, and next_token without sequences
 
     in_features = int(data.x_train[0].numel())
     model: dict[str, Any] = {"arch": c.arch, "in_features": in_features,
@@ -257,7 +256,8 @@ def _layered_spec(c: TrainConfig, data: Dataset) -> dict[str, Any]:
         raise FactError(f"--width {d_model} (d_model) is not a multiple of --heads {heads}")
     return {"arch": "transformer", "vocab": int(vocab), "context": int(data.x_train.shape[1]),
             "out_features": int(data.out_features), "d_model": d_model, "heads": heads,
-            "depth": sizes["depth"], "d_mlp": 4 * d_model, "output": "last",
+            "depth": sizes["depth"], "d_mlp": 4 * d_model,
+            "output": "all" if data.y_train.ndim == 2 else "last",  # per-position targets
             "activation": c.activation or "gelu", "bias": bias}
 
 
@@ -372,6 +372,7 @@ def train(
         raise FactError(f"--save-every must be at least 1 (got {save_every})")
     if eval_every is not None and eval_every < 1:
         raise FactError(f"--eval-every must be at least 1 (got {eval_every})")
+    config = replace(config, loss=check_loss(config.loss))  # causal_lm → next_token
     _check(config)  # before loading a possibly large dataset
     dtype = resolve_dtype(config.dtype)
     run_device = resolve_device(device)
@@ -473,8 +474,8 @@ def train(
         snapshot(0)
 
     stopped: str | None = training.get("stopped") if finished_before else None
-    mean_loss = (torch.nn.functional.mse_loss if config.loss == "mse"
-                 else torch.nn.functional.cross_entropy)
+    mean_loss = {"mse": torch.nn.functional.mse_loss,
+                 "cross_entropy": torch.nn.functional.cross_entropy}.get(config.loss)
     count_hits = d.labels is not None and model_spec["out_features"] > 1
     weights = d.w
     epoch = start_epoch
@@ -494,8 +495,10 @@ def train(
         for x, t, labels, w in batches:
             output = model(x)
             size = len(x)
-            if w is None:  # the batch mean of ℓ_i, in one fused op (mse: mean over all entries)
-                batch_loss = mean_loss(output, t)
+            if w is None and mean_loss is not None and output.ndim == 2:
+                batch_loss = mean_loss(output, t)  # the batch mean of ℓ_i in one fused op
+            elif w is None:  # per-position losses: each sample's mean first (relations.md §1)
+                batch_loss = per_sample_loss(config.loss, output, t).mean()
             else:
                 batch_loss = (per_sample_loss(config.loss, output, t) * w).sum() * (n / size)
             optimizer.zero_grad(set_to_none=True)
@@ -503,9 +506,11 @@ def train(
             optimizer.step()
             with torch.no_grad():
                 loss_sum.add_(batch_loss.detach(), alpha=size)
-                if count_hits:
-                    hit = output.argmax(dim=1) == labels
-                    hits.add_((hit * w).sum() * n if w is not None else hit.sum())
+                if count_hits:  # outputs that are not class scores report no accuracy
+                    hit = sample_accuracy(output, labels, d.n_classes)
+                    count_hits = hit is not None
+                    if count_hits:
+                        hits.add_((hit * w).sum() * n if w is not None else hit.sum())
         epoch += 1
         train_loss = float(loss_sum) / n
         if not math.isfinite(train_loss) or not _params_finite(model):
@@ -601,7 +606,7 @@ def _test_metrics(model: nn.Module, d: FullData, loss: str) -> tuple[float, floa
     with torch.no_grad():
         uniform = d.uniform(len(d.x_test))
         total = objective_terms(model, d.x_test, d.t_test, uniform, loss, backward=False)
-    return float(total), accuracy(model, d.x_test, d.labels_test, None)
+    return float(total), accuracy(model, d.x_test, d.labels_test, None, d.n_classes)
 
 
 def _params_finite(model: nn.Module) -> bool:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..data.datasets import Dataset
-from ..engine.losses import per_sample_loss
+from ..engine.losses import per_sample_loss, sample_accuracy
 from ..engine.uses import layer_name
 
 EVAL_CHUNK = 512  # samples per chunk: bounds memory; larger chunks were no faster on CPU
@@ -39,17 +39,17 @@ def objective_terms(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None,
-              weights: torch.Tensor | None) -> float | None:
+             weights: torch.Tensor | None, n_classes: int | None) -> float | None:
+    """Σ_i w_i a_i (a_i: `sample_accuracy`), or None when the outputs are not class scores."""
     if labels is None:
         return None
     hits = torch.zeros((), dtype=torch.float64, device=x.device)
     with torch.no_grad():
         for start in range(0, len(x), EVAL_CHUNK):
             stop = start + EVAL_CHUNK
-            output = model(x[start:stop])
-            if output.shape[1] < 2:
+            hit = sample_accuracy(model(x[start:stop]), labels[start:stop], n_classes)
+            if hit is None:
                 return None
-            hit = (output.argmax(dim=1) == labels[start:stop]).double()
             hits += (hit * weights[start:stop]).sum() if weights is not None else hit.sum()
     return float(hits) if weights is not None else float(hits) / len(x)
 
@@ -81,6 +81,7 @@ class FullData:
             return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
 
         self.n, self.dtype, self.device = data.n_train, dtype, device
+        self.n_classes = data.n_classes
         self.x = move(data.x_train.reshape(self.n, -1))
         self.t = move(data.targets(loss))
         self.labels = data.y_train.to(device) if data.n_classes is not None else None
@@ -133,7 +134,7 @@ def evaluate(model: nn.Module, d: FullData, loss: str, weight_decay: float) -> d
     data_loss, objective = regularized_objective(m, d64, loss, weight_decay)
     result: dict[str, Any] = {
         "train_loss": data_loss, "objective": objective,
-        "train_acc": accuracy(m, d64.x, d64.labels, d64.w),
+        "train_acc": accuracy(m, d64.x, d64.labels, d64.w, d.n_classes),
         "stationarity": weight_stationarity(m, weight_decay),
     }
     if d64.x_test is not None:
@@ -141,7 +142,7 @@ def evaluate(model: nn.Module, d: FullData, loss: str, weight_decay: float) -> d
             wt = d64.uniform(len(d64.x_test))
             result["test_loss"] = float(objective_terms(m, d64.x_test, d64.t_test, wt, loss,
                                                          backward=False))
-        result["test_acc"] = accuracy(m, d64.x_test, d64.labels_test, None)
+        result["test_acc"] = accuracy(m, d64.x_test, d64.labels_test, None, d.n_classes)
     return result
 
 
