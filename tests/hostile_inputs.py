@@ -368,6 +368,65 @@ def make_cases(root: Path) -> list[Case]:  # noqa: C901 - a catalogue, one entry
         add(c, label, "analyze", pt(f"plain_{path.stem}.pt", state), "--arch", "mlp",
             "--data", f"file:{path}", "--loss", "mse", "--weight-decay", "1e-3", legal=legal)
     add(c, "csv: target=99", "analyze", good, "--data", f"file:{root / 'ok.csv'},target=99")
+
+    # token windows (.npy, .npz) and text: for a causal LM
+    def lm(name, vocab):
+        spec = {"arch": "transformer", "vocab": vocab, "context": 4, "out_features": vocab,
+                "d_model": 4, "heads": 2, "depth": 1, "output": "all"}
+        weights = {k: v.double() for k, v in build_model(spec).state_dict().items()}
+        save_checkpoint(root / name, Checkpoint(spec, weights, {"loss": "next_token",
+                                                                "weight_decay": 1e-3}))
+        return root / name
+
+    lm8, lm256 = lm("lm8.pt", 8), lm("lm256.pt", 256)
+    ids = np.random.default_rng(2).integers(0, 8, (6, 5))
+    ragged = np.ones((6, 4), dtype=np.int8)
+    ragged[1, 2:], ragged[2, :] = 0, 0
+
+    def npy(name, array):
+        np.save(root / name, array)
+        return root / name
+
+    (root / "bomb.npy").write_bytes(_npy_header_only((10**6, 10**6)))
+    (root / "garbage.npy").write_bytes(b"\x93NUMPY garbage")
+    (root / "empty.txt").write_bytes(b"")
+    (root / "short.txt").write_bytes(b"abc")
+    (root / "book.txt").write_bytes(b"It was the best of times, it was the worst of times.\n" * 2)
+    for label, path, expect in (
+            ("tokens.npy: ok", npy("ok_tokens.npy", ids), None),
+            ("tokens.npy: float ids", npy("float_tokens.npy", ids.astype(float)), "integer"),
+            ("tokens.npy: negative ids", npy("neg_tokens.npy", ids - 3), "negative token id"),
+            ("tokens.npy: ids >= the model's vocabulary 8", npy("big_tokens.npy", ids + 5),
+             "the model embeds ids 0..7"),
+            ("tokens.npy: 1-D", npy("flat_tokens.npy", ids[0]), "(n, T+1)"),
+            ("tokens.npy: header declares 10**6×10**6", root / "bomb.npy", "memory"),
+            ("tokens.npy: not an .npy", root / "garbage.npy", "not a readable .npy"),
+            ("tokens.npz: ok with a ragged attention mask", npz(
+                "ok_tokens.npz", x_train=ids[:, :-1], y_train=ids[:, 1:], attention_mask=ragged),
+             None),
+            ("tokens.npz: attention mask of 2s", npz(
+                "mask2.npz", x_train=ids[:, :-1], y_train=ids[:, 1:],
+                attention_mask=2 * ragged), "0 (ignore) and 1"),
+            ("tokens.npz: target -7", npz("minus7.npz", x_train=ids[:, :-1],
+                                          y_train=ids[:, 1:] - 7), "-100")):
+        add(c, label, "analyze", lm8, "--data", f"file:{path}", "--relations", "fact",
+            legal=expect is None, expect=expect)
+    for label, spec, expect in (
+            ("text: ok (bytes, T=4)", f"text:{root / 'book.txt'},T=4", None),
+            ("text: a directory", f"text:{root}", "not a regular file"),
+            ("text: missing file", f"text:{root / 'none.txt'}", "not found"),
+            ("text: empty file", f"text:{root / 'empty.txt'},T=4", "holds 0 bytes"),
+            ("text: shorter than T+1", f"text:{root / 'short.txt'},T=4", "at least 5"),
+            ("text: tokenizer=gpt2", f"text:{root / 'book.txt'},tokenizer=gpt2",
+             "unknown tokenizer"),
+            ("text: stride=0", f"text:{root / 'book.txt'},T=4,stride=0", "stride"),
+            ("text: T=10**12", f"text:{root / 'book.txt'},T=1000000000000", "option T"),
+            ("text: T beyond the model's context 4", f"text:{root / 'book.txt'},T=8",
+             "exceed the context")):
+        add(c, label, "analyze", lm256, "--data", spec, "--relations", "fact",
+            legal=expect is None, expect=expect)
+    add(c, "--loss next_token on one label per sample", "analyze", good, "--loss", "next_token",
+        "--data", "modular:p=5", expect="next-token targets")
     add(c, "csv: header=-1", "analyze", good, "--data", f"file:{root / 'ok.csv'},header=-1")
 
     # idx (mnist) folders

@@ -10,7 +10,8 @@ import typer
 from ._app import app, command, info, out, write_jsonl
 
 data_app = typer.Typer(help="Datasets: fetch mnist, fashion-mnist, cifar10, cifar100 into the "
-                       "cache ($FACT_DATA_DIR, else the platform cache folder).",
+                       "cache ($FACT_DATA_DIR, else the platform cache folder); show what a "
+                       "spec gives.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -32,6 +33,29 @@ def fetch_command(
     for name in names:
         folder = fetch.fetch(name, data_dir)
         info(f"{name}: verified in {folder}")
+
+
+@command("show", parent=data_app)
+def show_command(
+    spec: Annotated[str, typer.Argument(
+        help="A dataset spec, e.g. text:book.txt,T=64 or file:tokens.npy (interfaces.md §3).",
+        show_default=False)],
+    data_dir: Root = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="table or jsonl.")] = "table",
+) -> None:
+    """What a spec gives: samples, shapes and dtypes, targets, classes or vocabulary (tokens:
+    T, tokenizer, stride, predicted positions), fingerprint."""
+    from ..data.datasets import load_dataset
+    from ..errors import FactError
+
+    if format not in ("table", "jsonl"):
+        raise FactError(f"unknown format {format!r}; choose table or jsonl")
+    row = load_dataset(spec, data_dir).summary()
+    if format == "jsonl":
+        write_jsonl([row])
+        return
+    for key, value in row.items():
+        out.print(f"{key}: {value}", markup=False, highlight=False, soft_wrap=True)
 
 
 @command("list", parent=data_app)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..engine.losses import IGNORE
 from ..errors import FactError
 from ..io import validate
 from . import fetch
@@ -76,6 +77,22 @@ class Dataset:
             return torch.nn.functional.one_hot(labels, self.n_classes).to(torch.get_default_dtype())
         return labels
 
+    def summary(self) -> dict[str, Any]:
+        """What the spec gives (`fact data show`): sizes, shapes and dtypes per sample, the kind
+        of targets, classes or vocabulary, the provenance in `info`, the fingerprint."""
+        def dtype(tensor: torch.Tensor) -> str:
+            return str(tensor.dtype).removeprefix("torch.")
+
+        per_position = self.n_classes is not None and self.y_train.ndim == 2
+        kind = ("next-token ids per position (-100: not predicted)" if per_position
+                else "class labels" if self.n_classes is not None else "real values")
+        return {"spec": self.spec, "n_train": self.n_train,
+                "n_test": 0 if self.x_test is None else len(self.x_test),
+                "input_shape": list(self.x_train.shape[1:]), "input_dtype": dtype(self.x_train),
+                "target_shape": list(self.y_train.shape[1:]), "target_dtype": dtype(self.y_train),
+                "targets": kind, "n_classes": self.n_classes, "weighted": self.weights is not None,
+                **self.info, "fingerprint": self.fingerprint()}
+
     @property
     def out_features(self) -> int:
         if self.n_classes is not None:
@@ -84,13 +101,15 @@ class Dataset:
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """'name:a=1,b=2' → ('name', {'a': '1', 'b': '2'}); `file:` keeps its path as `path`."""
+    """'name:a=1,b=2' → ('name', {'a': '1', 'b': '2'}); `file:` and `text:` keep their path
+    as `path`."""
     name, _, rest = spec.partition(":")
     options: dict[str, str] = {}
     parts = [part for part in rest.split(",") if part] if rest else []
-    if name == "file":
+    if name in ("file", "text"):
         if not parts:
-            raise FactError("file: needs a path, e.g. file:data.npz")
+            example = "file:data.npz" if name == "file" else "text:book.txt"
+            raise FactError(f"{name}: needs a path, e.g. {example}")
         options["path"] = parts.pop(0)
     for part in parts:
         key, eq, value = part.partition("=")
@@ -212,13 +231,30 @@ def _modular(spec: str, o: _Options) -> Dataset:
     return _split(spec, x, y, n_train, p)
 
 
+MASKS = ("attention_mask", "attention_mask_test")
+
+
 def _file(spec: str, o: _Options) -> Dataset:
     """An .npz (x_train, y_train[, x_test, y_test]) or a numeric .csv, in the file's own float
-    dtype (the model's dtype is applied later, so float64 data stays float64)."""
+    dtype (the model's dtype is applied later, so float64 data stays float64); or tokens: an
+    .npy of windows (n, T+1), or an .npz of integer x_train with same-shape y_train (or an
+    attention_mask), kept integer."""
     path = Path(o.get("path", "", str))
     labels = o.get("labels", "yes", str) != "no"
     if not path.is_file():
         raise FactError(f"dataset file not found: {path}")
+    if path.suffix == ".npy":
+        validate.npy_header(path)
+        try:
+            windows = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise FactError(f"cannot read {path}: {error}") from None
+        if windows.dtype.kind not in "iu" or windows.ndim != 2 or windows.shape[1] < 2:
+            raise FactError(f"{path} must hold integer token windows of shape (n, T+1), T >= 1 "
+                            f"(found {windows.dtype} of shape {windows.shape})")
+        return _tokens(spec, o, {"x_train": windows[:, :-1], "y_train": windows[:, 1:]},
+                       source="npy")
+    masks: dict[str, np.ndarray | None] = {}
     if path.suffix == ".npz":
         validate.npz_headers(path)
         try:
@@ -229,14 +265,24 @@ def _file(spec: str, o: _Options) -> Dataset:
                 x_train, y_train = arrays["x_train"], arrays["y_train"]
                 x_test = arrays["x_test"] if "x_test" in arrays else None
                 y_test = arrays["y_test"] if "y_test" in arrays else None
+                masks = {key: arrays[key] if key in arrays else None for key in MASKS}
         except (ValueError, OSError, EOFError) as error:  # e.g. object arrays, which need pickle
             raise FactError(f"cannot read {path}: {error}") from None
     elif path.suffix == ".csv":
         x_train, y_train = _csv(path, o)
         x_test = y_test = None
     else:
-        raise FactError(f"unsupported data file {path.name}; use .npz or .csv")
+        raise FactError(f"unsupported data file {path.name}; use .npz, .npy (token windows) "
+                        "or .csv")
     validate.dataset_arrays(str(path), x_train, y_train, x_test, y_test)
+    masked = any(mask is not None for mask in masks.values())
+    if path.suffix == ".npz" and o.flag("tokens", x_train.dtype.kind in "iu" and (
+            y_train.shape == x_train.shape and y_train.dtype.kind in "iu" or masked)):
+        return _tokens(spec, o, {"x_train": x_train, "y_train": y_train, "x_test": x_test,
+                                 "y_test": y_test, **masks}, source="npz")
+    if masked:
+        raise FactError(f"{path}: an attention_mask belongs to integer token windows x_train "
+                        f"(n, T) with next-token ids y_train (n, T)")
     # Integer-valued 1-D targets are class labels unless the spec says `labels=no`.
     splits = [y_train] + ([y_test] if y_test is not None else [])
     is_labels = labels and y_train.ndim == 1 and all(
@@ -253,6 +299,57 @@ def _file(spec: str, o: _Options) -> Dataset:
     return Dataset(spec, values(x_train.reshape(len(x_train), -1)), targets(y_train),
                    None if x_test is None else values(x_test.reshape(len(x_test), -1)),
                    None if y_test is None else targets(y_test), n_classes)
+
+
+def _tokens(spec: str, o: _Options, arrays: dict[str, np.ndarray | None],
+            vocab: int | None = None, **info: Any) -> Dataset:
+    """Token windows x (n, T) and next-token targets y (n, T) as int64 tensors; a position whose
+    attention mask is 0 gets the target IGNORE. The vocabulary is `vocab`, else the `vocab=`
+    option, else the largest id + 1."""
+    high = validate.token_arrays(f"dataset {spec!r}", arrays, IGNORE)
+    vocab = vocab or o.get("vocab", high + 1, minimum=1, maximum=validate.MAX_CLASSES)
+    if high >= vocab:
+        raise FactError(f"dataset {spec!r} holds token id {high}, outside vocab={vocab}")
+    for split, mask in (("train", arrays.get("attention_mask")),
+                        ("test", arrays.get("attention_mask_test"))):
+        if mask is not None:
+            arrays[f"y_{split}"] = np.where(mask == 1, arrays[f"y_{split}"], IGNORE)
+
+    x, y, x_test, y_test = (None if arrays.get(key) is None else
+                            _tensor(arrays[key].astype(np.int64), torch.long)
+                            for key in ("x_train", "y_train", "x_test", "y_test"))
+    return Dataset(spec, x, y, x_test, y_test, vocab,
+                   info={"vocab": vocab, "T": x.shape[1], "predicted": int((y != IGNORE).sum()),
+                         **info})
+
+
+def _text(spec: str, o: _Options) -> Dataset:
+    """A text file's bytes as token ids 0–255 (`tokenizer=bytes`, nothing downloaded): windows
+    of T+1 bytes every `stride` (default T) give x (the first T) and y (the next tokens)."""
+    path, tokenizer = Path(o.get("path", "", str)), o.get("tokenizer", "bytes", str)
+    T = o.get("T", 128, minimum=1, maximum=1 << 20)
+    stride = o.get("stride", T, minimum=1, maximum=1 << 30)
+    if tokenizer != "bytes":
+        raise FactError(f"unknown tokenizer {tokenizer!r} in {spec!r}; factcli has bytes "
+                        "(ids 0-255, vocabulary 256, nothing to download)")
+    if not path.exists():
+        raise FactError(f"text file not found: {path}")
+    if not path.is_file():
+        raise FactError(f"text: {path} is not a regular file")
+    size = path.stat().st_size
+    if size < T + 1:
+        raise FactError(f"text: {path} holds {size} bytes; T={T} needs at least {T + 1} (one "
+                        "window of T inputs and their next tokens)")
+    count = (size - T - 1) // stride + 1
+    validate.check_memory(size + 16.0 * count * T, f"dataset {spec!r} ({count} windows of "
+                          f"{T + 1} bytes)")
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as error:
+        raise FactError(f"cannot read {path}: {error}") from None
+    windows = np.lib.stride_tricks.sliding_window_view(data[:size], T + 1)[::stride]
+    return _tokens(spec, o, {"x_train": windows[:, :-1], "y_train": windows[:, 1:]}, vocab=256,
+                   tokenizer="bytes", stride=stride, windows=len(windows))
 
 
 def _csv(path: Path, o: _Options) -> tuple[np.ndarray, np.ndarray]:
@@ -522,7 +619,7 @@ def _sklearn(spec: str, o: _Options) -> Dataset:
                   n_classes)
 
 
-DATASETS = ("parity", "modular", "file", "mnist", "fashion-mnist", "mnist-10k", "cifar10",
+DATASETS = ("parity", "modular", "file", "text", "mnist", "fashion-mnist", "mnist-10k", "cifar10",
             "cifar100", "separation", "teacher-linear", "sklearn")
 
 
@@ -557,6 +654,7 @@ def load_dataset(spec: str, data_dir: str | os.PathLike | None = None, *,
         "parity": lambda: _parity(spec, options),
         "modular": lambda: _modular(spec, options),
         "file": lambda: _file(spec, options),
+        "text": lambda: _text(spec, options),
         "mnist": lambda: _idx_dataset(spec, options, "mnist", folder, offline),
         "fashion-mnist": lambda: _idx_dataset(spec, options, "fashion-mnist", folder, offline),
         "mnist-10k": lambda: _mnist_10k(spec, options),

@@ -204,6 +204,7 @@ def prepare(
     chosen = select_layers(network, layers)
     for layer in chosen:  # the parameter's gradient is the FACT sum
         layer.parameter.requires_grad_(True)
+    _check_token_ids(data, network)
     x, labels, weights = _subsample(data, max_samples, seed)
     if len(x) < data.n_train:
         warnings.append(f"analyzing {len(x)} of {data.n_train} training samples: FACT and the "
@@ -324,6 +325,25 @@ def _available(name: str, kind: str, W: torch.Tensor, sums: Sums, names: tuple[s
     elif sums.uses[name] > 1:
         notes.append(f"{sums.uses[name]} uses per sample, each row of each use one term")
     return kept, "; ".join(notes)
+
+
+def _check_token_ids(data: Dataset, network: nn.Module) -> None:
+    """Integer inputs are token ids: ≥ 0, and below the vocabulary where the model names it (the
+    built-in transformer's `embed`, a Hugging Face model's input embeddings), checked before
+    the pass so that no lookup fails halfway."""
+    x = data.x_train
+    if x.is_floating_point() or not x.numel():
+        return
+    try:
+        embed = network.get_input_embeddings() if hasattr(network, "get_input_embeddings") \
+            else getattr(network, "embed", None)
+    except NotImplementedError:
+        embed = None
+    vocab = embed.num_embeddings if isinstance(embed, nn.Embedding) else None
+    low, high = int(x.min()), int(x.max())
+    if low < 0 or vocab is not None and high >= vocab:
+        embeds = f"the model embeds ids 0..{vocab - 1}" if vocab else "ids must be >= 0"
+        raise FactError(f"dataset {data.spec!r} has token ids {low}..{high}; {embeds}")
 
 
 def _fingerprint_warnings(data: Dataset, training: dict[str, Any]) -> list[str]:

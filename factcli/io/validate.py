@@ -380,8 +380,6 @@ def npz_headers(path: Any) -> None:
     """Every array of an .npz: its declared shape and dtype, checked before any is read."""
     import zipfile
 
-    import numpy as np
-
     try:
         with zipfile.ZipFile(path) as archive:
             total = 0.0
@@ -389,18 +387,34 @@ def npz_headers(path: Any) -> None:
                 if not info.filename.endswith(".npy"):
                     continue
                 with archive.open(info) as handle:
-                    version = np.lib.format.read_magic(handle)
-                    reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                              else np.lib.format.read_array_header_2_0)
-                    shape, _, dtype = reader(handle)
-                name = info.filename.removesuffix(".npy")
-                if len(shape) > MAX_DIMENSIONS:
-                    raise FactError(f"{path}: {name} has {len(shape)} dimensions "
-                                    f"(at most {MAX_DIMENSIONS})")
-                total += float(np.prod(shape, dtype=float)) * max(dtype.itemsize, 8)
+                    total += _npy_bytes(handle, f"{path}: {info.filename.removesuffix('.npy')}")
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
         raise FactError(f"{path} is not a readable .npz archive: {error}") from None
     check_memory(2 * total, f"reading {path}")
+
+
+def npy_header(path: Any) -> None:
+    """An .npy file's declared shape and dtype, checked before its array is read."""
+    try:
+        with open(path, "rb") as handle:
+            total = _npy_bytes(handle, str(path))
+    except (ValueError, OSError, EOFError) as error:
+        raise FactError(f"{path} is not a readable .npy file: {error}") from None
+    check_memory(2 * total, f"reading {path}")
+
+
+def _npy_bytes(handle: Any, field: str) -> float:
+    """The bytes an .npy array (at `handle`) takes once read as 8-byte values; its dimensions
+    are checked from the header alone."""
+    import numpy as np
+
+    version = np.lib.format.read_magic(handle)
+    reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+              else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = reader(handle)
+    if len(shape) > MAX_DIMENSIONS:
+        raise FactError(f"{field} has {len(shape)} dimensions (at most {MAX_DIMENSIONS})")
+    return float(np.prod(shape, dtype=float)) * max(dtype.itemsize, 8)
 
 
 def dataset_arrays(where: str, x: Any, y: Any, x_test: Any = None, y_test: Any = None) -> None:
@@ -434,6 +448,38 @@ def dataset_arrays(where: str, x: Any, y: Any, x_test: Any = None, y_test: Any =
     if y_test is not None and y_test.shape[1:] != y.shape[1:]:
         raise FactError(f"{where}: y_test rows have shape {y_test.shape[1:]} but y_train rows "
                         f"have {y.shape[1:]}")
+
+
+def token_arrays(where: str, arrays: dict[str, Any], ignore: int) -> int:
+    """Token windows: `x…` arrays of ids ≥ 0, (n, T) each; `y…` next-token ids (or `ignore`) of
+    the same shape as their x; `attention_mask…` of 0/1 likewise. Returns the largest id."""
+    import numpy as np
+
+    for key, array in arrays.items():
+        if array is None:
+            continue
+        if array.dtype.kind not in "iu":
+            raise FactError(f"{where}: {key} must hold integer token ids (found {array.dtype})")
+        if array.ndim != 2 or not array.size:
+            raise FactError(f"{where}: {key} must be token windows of shape (n, T) with n, T "
+                            f">= 1 (found shape {array.shape})")
+        split = "test" if key.endswith("_test") else "train"
+        if array.shape != arrays[f"x_{split}"].shape:
+            raise FactError(f"{where}: {key} has shape {array.shape}, x_{split} "
+                            f"{arrays[f'x_{split}'].shape}: one value per token expected")
+        if key.startswith("attention_mask") and not np.isin(array, (0, 1)).all():
+            raise FactError(f"{where}: {key} must hold 0 (ignore) and 1 (predict) only")
+        if key.startswith("x") and int(array.min()) < 0:
+            raise FactError(f"{where}: {key} holds the negative token id {int(array.min())}")
+        if key.startswith("y") and ((array < 0) & (array != ignore)).any():
+            raise FactError(f"{where}: {key} holds a negative token id other than {ignore} "
+                            "(a position that is not predicted)")
+    high = max(int(a.max()) for key, a in arrays.items()
+               if a is not None and not key.startswith("attention_mask"))
+    if high >= MAX_CLASSES:
+        raise FactError(f"{where}: token id {high} implies a vocabulary of more than "
+                        f"{MAX_CLASSES}")
+    return high
 
 
 def class_labels(where: str, labels: list[Any], n: int, n_classes: int | None = None) -> int:
