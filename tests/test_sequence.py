@@ -151,8 +151,9 @@ def twin_name(name):
     return name.replace("attn.in_proj:", "attn.").replace("attn.out_proj", "attn.o")
 
 
-@pytest.mark.parametrize("weighted", [False, True])
-def test_next_token_relations_of_a_transformer_match_the_oracle(weighted):
+@pytest.mark.parametrize("loss,weighted", [("next_token", False), ("next_token", True),
+                                           ("mse", False)])
+def test_per_position_relations_of_a_transformer_match_the_oracle(loss, weighted):
     torch.manual_seed(0)
     model = build_model(TINY).double().eval()
     twin = CausalTwin(model).eval()
@@ -164,20 +165,20 @@ def test_next_token_relations_of_a_transformer_match_the_oracle(weighted):
                    weights=None if weights is None else weights / weights.sum())
     assert torch.allclose(model(tokens), twin(tokens), atol=1e-12)
     decay = 3e-3
-    result = analyze(model, data, loss="next_token", weight_decay=decay, batch_size=2)
+    result = analyze(model, data, loss=loss, weight_decay=decay, batch_size=2)
     assert len(result.layers) == 9
     modules = dict(twin.named_modules())
     for layer in result.layers:
-        expected = naive_relations(twin, modules[twin_name(layer.name)], tokens, ids,
-                                   "next_token", decay, weights=data.weights)
+        expected = naive_relations(twin, modules[twin_name(layer.name)], tokens, ids, loss,
+                                   decay, weights=data.weights)
         for name in ("nfm", "bnfm", *RELATIONS):
             assert relative(layer.matrices[name], expected[name]) < 1e-10, (layer.name, name)
         assert layer.stationarity == pytest.approx(expected["stationarity"], rel=1e-10)
     w = data.weights if weighted else torch.full((5,), 0.2, dtype=torch.float64)
     with torch.no_grad():
         logits = model(tokens)
-    assert result.info["data_loss"] == pytest.approx(float(loop_loss("next_token", logits, ids)
-                                                           @ w), rel=1e-12)
+    assert result.info["data_loss"] == pytest.approx(float(loop_loss(loss, logits, ids) @ w),
+                                                     rel=1e-12)
     assert result.info["accuracy"] == pytest.approx(float(sample_accuracy(logits, ids, 5) @ w))
 
 

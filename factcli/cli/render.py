@@ -182,6 +182,9 @@ def _grid(analysis: Analysis, relations: list[str], metric: str, title: str) -> 
     return grid
 
 
+LOSS_NOTES = {"next_token": "ℓ_i = mean over its predicted positions of −log p(next token)"}
+
+
 def footer(analysis: Analysis, metric: str) -> str:
     info = analysis.info
     decay = info.get("weight_decay")
@@ -189,7 +192,8 @@ def footer(analysis: Analysis, metric: str) -> str:
         f"metric: {metric} of each relation with WᵀW (forward) or WWᵀ (backward, b…); "
         + legend(metric),
         f"λ = {decay if decay is not None else 'unknown (FACT unscaled)'} · α = {info.get('alpha')}"
-        f" · loss {info.get('loss')} (mean over samples; mse = (1/c)‖f − y‖²)",
+        f" · loss {info.get('loss')} (mean over samples; "
+        f"{LOSS_NOTES.get(info.get('loss'), 'mse = (1/c)‖f − y‖²')})",
         f"data {info.get('dataset')} · n = {info.get('n_samples')} · model in "
         f"{info.get('mode', 'eval')} mode · {info.get('dtype')} on {info.get('device')}, "
         "float64 sums",
