@@ -153,3 +153,13 @@ def test_fact_train_on_text_then_analyze_and_show(tmp_path):
     summary = json.loads(shown.stdout)
     assert (summary["vocab"], summary["T"], summary["windows"], summary["input_dtype"]) == \
         (256, 4, (2 * len(TEXT) - 5) // 6 + 1, "int64")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["mlp", "--loss", "next_token"], "arch mlp takes real-valued inputs"),
+    (["transformer", "--loss", "perplexity"], "unknown loss 'perplexity'")])
+def test_fact_train_refuses_what_cannot_train_on_tokens(tmp_path, args, needle):
+    (tmp_path / "book.txt").write_bytes(TEXT)
+    result = fact_inprocess("train", *args, "--dataset", f"text:{tmp_path / 'book.txt'},T=4",
+                            "--epochs", "1", "--out", tmp_path / "x.pt")
+    assert result.exit_code == 2 and needle in result.output, result.output

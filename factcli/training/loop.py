@@ -197,6 +197,9 @@ def _resolve(c: TrainConfig, data: Dataset) -> tuple[dict[str, Any], dict[str, A
     if c.loss != "mse":
         data.targets(c.loss)  # refuses real-valued targets, and next_token without sequences
 
+    if c.arch != "transformer" and not data.x_train.is_floating_point():
+        raise FactError(f"dataset {data.spec!r} has integer token ids as inputs; arch {c.arch} "
+                        "takes real-valued inputs (use arch transformer)")
     in_features = int(data.x_train[0].numel())
     model: dict[str, Any] = {"arch": c.arch, "in_features": in_features,
                              "out_features": int(data.out_features)}
