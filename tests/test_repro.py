@@ -80,6 +80,34 @@ def test_steps_resume_and_fail_in_one_line(tmp_path):
     assert not (tmp_path / "bad.jsonl").exists()
 
 
+def test_a_step_reruns_when_its_input_changes(tmp_path):
+    """Reuse is keyed on the input files' bytes too, not only on the command line: a step
+    whose checkpoint or data was rewritten (a re-trained model) must run again."""
+    import numpy as np
+
+    def write(labels):
+        np.savez(tmp_path / "d.npz", x_train=np.arange(12.0).reshape(6, 2),
+                 y_train=np.array(labels))
+
+    runner = Runner(tmp_path)
+    step = Step.of("data", "show", "file:d.npz", stdout="show.txt", inputs=("d.npz",))
+    write([0, 1, 0, 1, 0, 1])
+    runner.run(step)
+    first = (tmp_path / "show.txt").read_text()
+    write([0, 1, 0, 1, 0, 1])  # the same bytes written again: still reused
+    runner.run(step)
+    assert runner.ran == [step.line] and runner.reused == [step.line]
+    write([0, 1, 2, 0, 1, 2])  # new content under the same name and command: runs again
+    assert not runner.done(step)
+    runner.run(step)
+    assert len(runner.ran) == 2 and "n_classes: 3" in (tmp_path / "show.txt").read_text()
+    assert "n_classes: 2" in first
+    marker = tmp_path / ".steps" / f"{step.key}.done"
+    assert list(json.loads(marker.read_text())["inputs"]) == ["d.npz"]
+    marker.write_text('{"command": ')  # an interrupted marker write: not done
+    assert not runner.done(step)
+
+
 def test_unknown_and_pending_findings(tmp_path):
     with pytest.raises(FactError, match="unknown finding"):
         reproduce(["fig99"], tmp_path)

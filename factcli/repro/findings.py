@@ -34,10 +34,10 @@ class Context:
         return {"smoke": smoke, "quick": quick, "full": full}[self.mode]
 
     def run(self, *argv: object, outputs: tuple[str, ...] = (), stdout: str | None = None,
-            data: bool = False) -> Step:
+            inputs: tuple[str, ...] = (), data: bool = False) -> Step:
         if data and self.data_dir is not None:
             argv = (*argv, "--data-dir", self.data_dir)
-        step = Step.of(*argv, outputs=outputs, stdout=stdout)
+        step = Step.of(*argv, outputs=outputs, stdout=stdout, inputs=inputs)
         self.steps.append(step)
         self.runner.run(step)
         return step
@@ -55,7 +55,7 @@ class Context:
         stem = checkpoint.rsplit(".", 1)[0]
         self.run("analyze", checkpoint, *options, "--device", "cpu", "--format", "jsonl",
                  "--report", f"{stem}.h5", outputs=(f"{stem}.h5",), stdout=f"{stem}.jsonl",
-                 data=True)
+                 inputs=(checkpoint,), data=True)
         return read_report(self.root / f"{stem}.h5")
 
     def rfm(self, name: str, *options: object, report: bool = True) -> list[dict[str, Any]]:

@@ -1,9 +1,11 @@
 """Run a finding's steps: `fact` commands, resumable, each one written to a shell script.
 
-A step is a `fact` command line with the files it makes (paths relative to the output folder,
-which is also its working directory, so the commands re-run by hand as written). A finished step
-leaves `.steps/<hash>.done`, the hash being that of its command: running again skips a step whose
-command is unchanged and whose outputs exist, and re-runs one whose command changed.
+A step is a `fact` command line with the files it reads and makes (paths relative to the output
+folder, which is also its working directory, so the commands re-run by hand as written). A
+finished step leaves `.steps/<hash>.done`, the hash being that of its command, holding the
+SHA-256 of each input file as it was read: running again skips a step whose command is unchanged,
+whose inputs hold the same bytes and whose outputs exist, and re-runs one whose command or input
+changed (an analysis of a checkpoint that was trained again).
 """
 
 from __future__ import annotations
@@ -27,15 +29,18 @@ from ..errors import FactError
 
 @dataclass(frozen=True)
 class Step:
-    """`fact ARGV [> stdout]`, making `outputs` (the stdout file counts as one)."""
+    """`fact ARGV [> stdout]`, reading `inputs` and making `outputs` (the stdout file counts as
+    one)."""
 
     argv: tuple[str, ...]
     outputs: tuple[str, ...] = ()
     stdout: str | None = None
+    inputs: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, *argv: object, outputs: Sequence[str] = (), stdout: str | None = None) -> Step:
-        return cls(tuple(str(a) for a in argv), tuple(outputs), stdout)
+    def of(cls, *argv: object, outputs: Sequence[str] = (), stdout: str | None = None,
+           inputs: Sequence[str] = ()) -> Step:
+        return cls(tuple(str(a) for a in argv), tuple(outputs), stdout, tuple(inputs))
 
     @property
     def line(self) -> str:
@@ -61,9 +66,25 @@ class Runner:
     ran: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
 
+    def digests(self, step: Step) -> dict[str, str]:
+        """SHA-256 of each input file (a missing one is the step's own error to report)."""
+        found = {}
+        for name in step.inputs:
+            path = self.root / name
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    found[name] = hashlib.file_digest(handle, "sha256").hexdigest()
+        return found
+
     def done(self, step: Step) -> bool:
         marker = self.root / ".steps" / f"{step.key}.done"
-        return marker.exists() and all((self.root / f).exists() for f in step.files)
+        if not marker.exists() or not all((self.root / f).exists() for f in step.files):
+            return False
+        try:
+            recorded = json.loads(marker.read_text()).get("inputs", {})
+        except (ValueError, AttributeError):  # a marker from an interrupted write: run again
+            return False
+        return recorded == self.digests(step)
 
     def run(self, step: Step) -> None:
         if self.done(step):
@@ -71,6 +92,7 @@ class Runner:
             self.say(f"reused  {step.line}")
             return
         self.say(f"running {step.line}")
+        inputs = self.digests(step)  # as read: an input rewritten while it runs re-runs it
         for name in step.files:
             (self.root / name).parent.mkdir(parents=True, exist_ok=True)
         logs = self.root / ".steps"
@@ -89,7 +111,8 @@ class Runner:
         missing = [f for f in step.files if not (self.root / f).exists()]
         if missing:
             raise FactError(f"step made no {', '.join(missing)}: {step.line}")
-        (logs / f"{step.key}.done").write_text(json.dumps({"command": step.line}) + "\n")
+        (logs / f"{step.key}.done").write_text(
+            json.dumps({"command": step.line, "inputs": inputs}) + "\n")
         self.ran.append(step.line)
 
 
