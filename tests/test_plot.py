@@ -80,7 +80,7 @@ def png_pixels(data: bytes) -> np.ndarray:
     return imread(io.BytesIO(data), format="png")
 
 
-def check_file(path: Path, size: tuple[float, float] | None = None) -> bytes:
+def check_file(path: Path, size: tuple[float, float] | None = None, dpi: int = 150) -> bytes:
     """Valid magic bytes, a plausible size, and for PNG: the figure's pixel size, not blank."""
     data = path.read_bytes()
     assert data.startswith(MAGIC[path.suffix]), path
@@ -88,7 +88,7 @@ def check_file(path: Path, size: tuple[float, float] | None = None) -> bytes:
     if path.suffix == ".png":
         width, height = struct.unpack(">II", data[16:24])
         if size:
-            assert (width, height) == (round(size[0] * 150), round(size[1] * 150))
+            assert (width, height) == (round(size[0] * dpi), round(size[1] * dpi))
         pixels = png_pixels(data)[..., :3].mean(axis=2)
         assert pixels.std() > 0.05, f"{path} looks blank (pixel std {pixels.std():.4f})"
         assert (pixels < 0.5).mean() > 0.005, f"{path} has almost no dark (ink) pixels"
@@ -159,6 +159,15 @@ def test_bars_stay_legible_with_many_long_layer_names(tmp_path):
     inside = figure.bbox
     for box in boxes + [main.xaxis.label.get_window_extent(renderer)]:
         assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0, "cut off"
+
+
+def test_dpi_sets_the_png_resolution(sample, tmp_path):
+    """--dpi 100 (small files for docs): the same figure at 100/150 of the pixel size."""
+    figure = figures.bars(read_report(sample))
+    ok(fact_inprocess("plot", sample, "--dpi", "100", "--out", tmp_path / "small.png"))
+    small = check_file(tmp_path / "small.png", tuple(figure.get_size_inches()), dpi=100)
+    default = check_file(plot.save(figure, tmp_path / "default.png"))
+    assert len(small) < len(default)
 
 
 def test_matrices_view(sample, tmp_path):
@@ -291,6 +300,8 @@ def test_analyze_and_compare_plot_options(run, tmp_path):
     (["--kind", "rfm"], "--kind rfm draws RFM reports"),
     (["--kind", "matrices", "--layer", "nope"], "no layer 'nope'"),
     (["--relations", "bogus"], "unknown relation(s) bogus"),
+    (["--dpi", "5"], "--dpi must lie in [10, 1200]"),
+    (["--dpi", "nan"], "--dpi must lie in [10, 1200]"),
 ])
 def test_bad_plot_options_are_one_line(sample, tmp_path, args, needle):
     arguments = ["plot", sample, *args]

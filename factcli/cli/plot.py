@@ -147,6 +147,8 @@ def plot_command(
     quantile: Annotated[float, typer.Option(
         help="matrices: colour scale ±1 = this quantile of |entries| (1 = the largest).")]
     = 0.99,
+    dpi: Annotated[Optional[float], typer.Option(
+        help="PNG resolution in dots per inch (default 150).")] = None,
     layers: Layers = None,
     data: Data = None,
     data_dir: DataDir = None,
@@ -163,8 +165,10 @@ def plot_command(
     Needs the optional extra: pip install 'factcli[plot]'.
     """
     from ..plot import check_output, save
+    from ..plot._style import check_dpi
 
     path = check_output(out or default_out(inputs, kind, ".png"))
+    check_dpi(dpi)
     if kind is not None and kind not in KINDS:
         raise FactError(f"unknown kind {kind!r}; choose one of: {', '.join(KINDS)}")
     loader = Loader(data, data_dir, alpha, split_list(layers), device, batch_size, max_samples,
@@ -172,7 +176,7 @@ def plot_command(
     figure, drawn = draw(kind, loader.load(inputs), relations=split_list(relations),
                          metric=metric, layer=layer, hide_diagonal=hide_diagonal,
                          quantile=quantile, loader=loader)
-    save(figure, path)
+    save(figure, path, dpi)
     err.print(f"{drawn} figure written to {path}", highlight=False, markup=False)
 
 

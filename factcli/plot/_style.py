@@ -8,6 +8,7 @@ PDF writers, with fixed metadata and hash salt so that the same input gives the 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -95,14 +96,22 @@ def check_output(path: str | os.PathLike) -> Path:
     return path
 
 
-def save(figure: Any, path: str | os.PathLike) -> Path:
-    """Write `figure` as PNG, SVG or PDF (by suffix), atomically and byte-reproducibly."""
+def check_dpi(dpi: float | None) -> None:
+    if dpi is not None and not (math.isfinite(dpi) and 10 <= dpi <= 1200):
+        raise FactError(f"--dpi must lie in [10, 1200] (got {dpi:g})")
+
+
+def save(figure: Any, path: str | os.PathLike, dpi: float | None = None) -> Path:
+    """Write `figure` as PNG, SVG or PDF (by suffix), atomically and byte-reproducibly;
+    `dpi`: the PNG's resolution (default DPI; lower for small files committed to docs)."""
     from ..io.files import atomic_path
 
+    check_dpi(dpi)
     path = check_output(path)
     suffix = path.suffix.lower()
     with style(), atomic_path(path) as temporary:
-        figure.savefig(temporary, format=suffix[1:], metadata=METADATA[suffix])
+        figure.savefig(temporary, format=suffix[1:], metadata=METADATA[suffix],
+                       dpi=dpi or DPI)
     return path
 
 
