@@ -1,6 +1,7 @@
 #!/bin/sh
 # Every finding of `fact repro` at --quick, run by hand (minutes on a 2-core CPU, shipped data);
-# the light outputs (summary, commands, per-finding tables) are copied to docs/repro/quick/.
+# the light outputs (summary, commands, per-finding tables and figures) are copied to
+# docs/repro/quick/.
 #   sh benchmarks/repro_quick.sh [OUT]      (default OUT: runs/repro-quick; resumable)
 set -e
 OUT=${1:-runs/repro-quick}
@@ -14,6 +15,8 @@ for folder in "$OUT"/*/; do
     [ -f "$folder/quantities.jsonl" ] || continue
     mkdir -p "$DOCS/$name"
     cp "$folder/commands.sh" "$folder/quantities.jsonl" "$folder/timing.json" "$DOCS/$name/"
-    for table in "$folder"/*.md; do [ -f "$table" ] && cp "$table" "$DOCS/$name/"; done
+    for light in "$folder"/*.md "$folder"/*.png; do
+        [ -f "$light" ] && cp "$light" "$DOCS/$name/"
+    done
 done
 echo "copied to $DOCS"

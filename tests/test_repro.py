@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 
@@ -111,8 +112,9 @@ def test_a_step_reruns_when_its_input_changes(tmp_path):
 def test_unknown_and_pending_findings(tmp_path):
     with pytest.raises(FactError, match="unknown finding"):
         reproduce(["fig99"], tmp_path)
-    with pytest.raises(FactError, match="not available yet"):
-        reproduce(["cnn"], tmp_path)
+    for name in PENDING:
+        with pytest.raises(FactError, match="not available yet"):
+            reproduce([name], tmp_path)
     result = fact_inprocess("repro", "--list")
     assert result.exit_code == 0 and all(name in result.stdout for name in FINDINGS)
     result = fact_inprocess("repro", "fig11", "--quick", "--full", "--out", tmp_path)
@@ -139,13 +141,40 @@ def test_every_finding_runs_at_smoke_settings(tmp_path):
     def timing(name):
         return json.loads((tmp_path / name / "timing.json").read_text())
 
-    assert timing("fig9-10")["steps_run"] == 0  # fig8's run and analyses, reused
+    assert timing("fig9-10")["steps_run"] == 1  # fig8's run and analyses reused; its figure
     said = []
     again = reproduce(["fig11"], tmp_path, mode="smoke", say=said.append)  # nothing re-runs
-    assert len(said) == 8 and all(line.startswith("reused  fact ") for line in said)
-    assert timing("fig11")["steps_run"] == 8  # the timing of the run that did the work
+    assert len(said) == 9 and all(line.startswith("reused  fact ") for line in said)
+    assert timing("fig11")["steps_run"] == 9  # the timing of the run that did the work
     assert again == [r for r in rows if r["finding"] == "fig11"]
     assert len(_rows(tmp_path)) == len(rows)
+    _figures_are_drawn_and_linked(tmp_path)
+
+
+def _figures_are_drawn_and_linked(root):
+    """Each figure is a `fact plot` step of its finding's commands.sh, a PNG in FINDING/, and
+    linked from summary.md; without matplotlib one notice and no figure, the rest as before."""
+    pytest.importorskip("matplotlib")
+    summary = (root / "summary.md").read_text()
+    expected = {"fig11": "alpha_L4", "sec6": "matrices_tau0.1", "fig2-mnist": "bars",
+                "fig8": "epochs", "fig9-10": "epochs", "fig3": "rfm_k2", "fig4": "rfm_k3",
+                "fig5": "rfm"}
+    for finding, name in expected.items():
+        png = root / finding / f"{name}.png"
+        assert png.read_bytes().startswith(b"\x89PNG"), png
+        assert f"]({finding}/{name}.png)" in summary
+        script = (root / finding / "commands.sh").read_text()
+        assert f"--out {finding}/{name}.png" in script and "fact plot " in script
+    assert "fact plot fig2-mnist/mlp.h5 --kind bars --relations fact,fact_sqrt,nfa,enfa" in (
+        root / "fig2-mnist" / "commands.sh").read_text()
+    (root / "fig11" / "alpha_L4.png").unlink()
+    said = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "matplotlib", None)  # import matplotlib → ImportError
+        reproduce(["fig11"], root, mode="smoke", say=said.append)
+    assert said[0] == "no figures: matplotlib is not installed (pip install 'factcli[plot]')"
+    assert len(said) == 9 and not (root / "fig11" / "alpha_L4.png").exists()
+    assert "(fig11/alpha_L4.png)" not in (root / "summary.md").read_text()
 
 
 def test_quick_fig11_reproduces(tmp_path):

@@ -22,9 +22,11 @@ def reproduce(findings: Sequence[str], out: str | Path, mode: str = "quick",
               say: Callable[[str], None] = lambda line: None) -> list[dict[str, Any]]:
     """Run each finding into `out` (resuming finished steps) and rewrite the summary.
 
-    Each finding leaves OUT/FINDING/commands.sh (its commands, runnable by hand from OUT) and
-    OUT/FINDING/quantities.jsonl; OUT/summary.{md,jsonl} cover every finding run into OUT so far.
-    Returns the rows of the findings run now.
+    Each finding leaves OUT/FINDING/commands.sh (its commands, runnable by hand from OUT),
+    OUT/FINDING/quantities.jsonl and, when matplotlib is importable, its figures
+    OUT/FINDING/*.png (`fact plot` steps; without it one notice through `say`, and no figures);
+    OUT/summary.{md,jsonl} cover every finding run into OUT so far. Returns the rows of the
+    findings run now.
     """
     if mode not in MODES:
         raise FactError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
@@ -36,10 +38,13 @@ def reproduce(findings: Sequence[str], out: str | Path, mode: str = "quick",
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     runner = Runner(root.resolve(), say)
+    figures = _can_plot()
+    if not figures:
+        say("no figures: matplotlib is not installed (pip install 'factcli[plot]')")
     rows: list[dict[str, Any]] = []
     for name in findings:
         ctx = Context(name, root.resolve(), mode, runner,
-                      None if data_dir is None else Path(data_dir).resolve())
+                      None if data_dir is None else Path(data_dir).resolve(), figures)
         start, ran = time.perf_counter(), len(runner.ran)
         try:
             FINDINGS[name].run(ctx)
@@ -59,6 +64,15 @@ def reproduce(findings: Sequence[str], out: str | Path, mode: str = "quick",
     return rows
 
 
+def _can_plot() -> bool:
+    """Whether `fact plot` can draw (matplotlib comes with the optional extra factcli[plot])."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _summarize(root: Path) -> None:
     """summary.{md,jsonl} over every finding whose quantities are in `root`."""
     present = [name for name in FINDINGS if (root / name / "quantities.jsonl").exists()]
@@ -69,7 +83,9 @@ def _summarize(root: Path) -> None:
         record = json.loads((root / name / "timing.json").read_text())
         timing.append(f"{name} ({record['mode']}) {record['seconds']:g} s, "
                       f"{record['steps_run']} of {record['steps']} steps run")
-    write_summary(root, everything, "# fact repro: the paper's findings, measured\n\n"
+    figures = {name: sorted(p.name for p in (root / name).glob("*.png")) for name in present}
+    write_summary(root, everything, {name: f for name, f in figures.items() if f},
+                  "# fact repro: the paper's findings, measured\n\n"
                   "Paper: Boix-Adsera, Mallinar, Simon, Belkin, arXiv 2507.05644. Each finding's "
                   "commands are in FINDING/commands.sh (run from this folder). Wall time of the "
                   "last run that computed something (steps it reused took no time): "

@@ -16,6 +16,7 @@ from .runner import Runner, Step
 from .verdict import markdown_table, quantity
 
 MODES = ("smoke", "quick", "full")
+FIGURE_DPI = 100  # small PNGs: docs/repro/quick commits them
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Context:
     mode: str
     runner: Runner
     data_dir: Path | None = None
+    figures: bool = True
     steps: list[Step] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
 
@@ -66,6 +68,16 @@ class Context:
         return [json.loads(line) for line in
                 (self.root / f"{name}.jsonl").read_text().splitlines() if line.strip()]
 
+    def plot(self, name: str, kind: str, *inputs: str, options: tuple[object, ...] = ()) -> None:
+        """`fact plot INPUTS --kind KIND -o FINDING/NAME.png` (skipped without matplotlib);
+        the alpha view recomputes the AGOP from the checkpoint, on the CPU."""
+        if not self.figures:
+            return
+        out = f"{self.finding}/{name}.png"
+        analysis = ("--device", "cpu") if kind == "alpha" else ()
+        self.run("plot", *inputs, "--kind", kind, *options, *analysis, "--dpi", FIGURE_DPI,
+                 "--out", out, outputs=(out,), inputs=inputs, data=kind == "alpha")
+
     def q(self, name: str, measured: float | None, note: str = "") -> None:
         self.rows.append(quantity(self.finding, name, measured, note))
 
@@ -95,6 +107,7 @@ def fig11(ctx: Context) -> None:
         ctx.q(f"alpha_star.L={depth}", first.best_alpha, note)
         ctx.q(f"fact_pearson.L={depth}", _metric(first, "fact"),
               note + f"; NFA at α = 1/2: {_metric(first, 'nfa'):.3f}")
+    ctx.plot("alpha_L4", "alpha", "fig11/linear_L4.h5")
 
 
 def sec6(ctx: Context) -> None:
@@ -110,6 +123,8 @@ def sec6(ctx: Context) -> None:
         ctx.q(f"fact_cosine.tau={tau:g}", _metric(first, "fact", "cosine"), note)
         ctx.q(f"nfa_pearson.tau={tau:g}", _metric(first, "nfa"),
               f"NFA cosine {_metric(first, 'nfa', 'cosine'):.3f}, α* {first.best_alpha:.2f}")
+    ctx.plot("matrices_tau0.1", "matrices", "sec6/quadratic_tau0.1.h5",
+             options=("--relations", "fact,nfa"))
 
 
 def _mlp_options(ctx: Context, dataset_quick: str, dataset_full: str) -> tuple[object, ...]:
@@ -122,20 +137,37 @@ def _mlp_options(ctx: Context, dataset_quick: str, dataset_full: str) -> tuple[o
             "--batch-size", 128, "--seed", 0)
 
 
-def _fig2(ctx: Context, name: str, quick: str, full: str) -> None:
-    ckpt = ctx.train(f"{name}/mlp.pt", "mlp", *_mlp_options(ctx, quick, full))
-    analysis = ctx.analyze(ckpt, "--relations", "fact,fact_sqrt,nfa,enfa", "--matrices", "all")
+PER_LAYER = ("fact", "fact_sqrt", "nfa", "enfa")
+
+
+def _per_layer(ctx: Context, checkpoint: str, *options: object, every: bool = False) -> None:
+    """FACT against NFA and eNFA in each layer of one checkpoint (Fig. 2's comparison): the
+    differences of their Pearson with WᵀW, a table and the bars; `every`: also each Pearson and
+    the stationarity as quantities of their own."""
+    analysis = ctx.analyze(checkpoint, "--relations", ",".join(PER_LAYER), *options)
     table = []
     for layer in analysis.layers:
-        values = {r: _metric(layer, r) for r in ("fact", "fact_sqrt", "nfa", "enfa")}
+        values = {r: _metric(layer, r) for r in PER_LAYER}
         note = ", ".join(f"{r} {v:.3f}" for r, v in values.items())
-        ctx.q(f"fact_minus_nfa.layer={layer.name}", values["fact"] - values["nfa"], note)
-        ctx.q(f"fact_minus_enfa.layer={layer.name}", values["fact"] - values["enfa"],
+        where = f"layer={layer.name}"
+        if every:
+            ctx.q(f"fact_pearson.{where}", values["fact"], note)
+            ctx.q(f"nfa_pearson.{where}", values["nfa"], note)
+            ctx.q(f"stationarity.{where}", layer.stationarity,
+                  "‖∇W L_data + λW‖ / ‖λW‖: FACT must hold where it is ~0")
+        ctx.q(f"fact_minus_nfa.{where}", values["fact"] - values["nfa"], note)
+        ctx.q(f"fact_minus_enfa.{where}", values["fact"] - values["enfa"],
               f"stationarity {layer.stationarity:.2g}")
         table.append([layer.name, f"{layer.in_features}→{layer.out_features}",
                       layer.stationarity, *values.values()])
-    ctx.write("pearson.md", markdown_table(["layer", "k→m", "stationarity", "fact",
-                                            "fact_sqrt", "nfa", "enfa"], table))
+    ctx.write("pearson.md", markdown_table(["layer", "k→m", "stationarity", *PER_LAYER], table))
+    ctx.plot("bars", "bars", checkpoint.rsplit(".", 1)[0] + ".h5",
+             options=("--relations", ",".join(PER_LAYER)))
+
+
+def _fig2(ctx: Context, name: str, quick: str, full: str) -> None:
+    ckpt = ctx.train(f"{name}/mlp.pt", "mlp", *_mlp_options(ctx, quick, full))
+    _per_layer(ctx, ckpt, "--matrices", "all")
 
 
 def fig2_mnist(ctx: Context) -> None:
@@ -182,6 +214,8 @@ def _over_training(ctx: Context, forward: bool) -> None:
               f"mean of {root} − {plain} over the epochs strictly between first and last")
     ctx.write(f"trajectory_{plain}.md", markdown_table(
         ["epoch", "layer", "stationarity", plain, root], table))
+    ctx.plot("epochs", "epochs", *(p.replace(".pt", ".h5") for p in snapshots.values()),
+             options=("--relations", f"{plain},{root}"))
 
 
 def fig8(ctx: Context) -> None:
@@ -251,6 +285,10 @@ def _rfm_matrix(ctx: Context, name: str, iteration: int | None = None):
         return np.asarray(handle["layers"][f"iteration_{t}"]["nfm"])
 
 
+def _parity_name(k: int, n: int, update: str) -> str:
+    return f"parity/k{k}_n{n}_{update}"
+
+
 def _parity_runs(ctx: Context, k: int, n: int, updates: tuple[str, ...]):
     spec = f"parity:d=50,k={k},n={n},n_test={min(n, 2000)},seed=0"
     options = ("--data", spec, "--kernel", "gaussian", "--bandwidth", 5, "--ridge", 1e-3,
@@ -258,7 +296,7 @@ def _parity_runs(ctx: Context, k: int, n: int, updates: tuple[str, ...]):
     runs = {}
     for update in updates:
         extra = ("--power", 1) if update == "nfa" else ()
-        runs[update] = ctx.rfm(f"parity/k{k}_n{n}_{update}", *options, "--update", update,
+        runs[update] = ctx.rfm(_parity_name(k, n, update), *options, "--update", update,
                                *extra)
     return spec, runs
 
@@ -275,13 +313,14 @@ def fig3(ctx: Context) -> None:
         spec, runs = _parity_runs(ctx, k, n, ("fact-geo", "nfa"))
         hidden = sorted(load_dataset(spec).info["hidden"])
         for update, rows in runs.items():
-            M = _rfm_matrix(ctx, f"parity/k{k}_n{n}_{update}", len(rows) - 1)
+            M = _rfm_matrix(ctx, _parity_name(k, n, update), len(rows) - 1)
             diagonal = np.diag(M)
             top = sorted(np.argsort(diagonal)[::-1][:k].tolist())
             share = float(diagonal[hidden].sum() / diagonal.sum())
             ctx.q(f"hidden_on_top.k={k},{update}", float(top == hidden),
                   f"top-{k} diag(M_5) {top}, hidden {hidden}, trace share {share:.2f}, "
                   f"test acc {100 * rows[-1]['test_acc']:.1f} %")
+        ctx.plot(f"rfm_k{k}", "rfm", *(f"{_parity_name(k, n, u)}.h5" for u in runs))
 
 
 def fig4(ctx: Context) -> None:
@@ -294,6 +333,7 @@ def fig4(ctx: Context) -> None:
         ctx.q(f"largest_jump.{update}", max(jumps) if jumps else math.nan,
               f"k = {k}, n = {n}; test acc % per iteration: "
               + " ".join(f"{c:.1f}" for c in curve))
+    ctx.plot(f"rfm_k{k}", "rfm", *(f"{_parity_name(k, n, u)}.h5" for u in runs))
 
 
 def circulant_profile(M, p: int):
@@ -330,6 +370,7 @@ def fig5(ctx: Context) -> None:
     corr = np.corrcoef(profiles["fact-geo"], profiles["nfa"])[0, 1]
     ctx.q("profile_corr.fact-geo~nfa", float(corr),
           "Pearson of the two off-diagonal circulant profiles")
+    ctx.plot("rfm", "rfm", *(f"fig5/{update}.h5" for update in runs))
 
 
 def fig5_runs(ctx: Context) -> tuple[str, dict[str, list[dict[str, Any]]]]:

@@ -78,8 +78,10 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-def write_summary(root: Path, rows: list[dict[str, Any]], header: str) -> None:
-    """DIR/summary.jsonl (one object per quantity) and DIR/summary.md (the same as a table)."""
+def write_summary(root: Path, rows: list[dict[str, Any]], figures: dict[str, list[str]],
+                  header: str) -> None:
+    """DIR/summary.jsonl (one object per quantity) and DIR/summary.md (the same as a table,
+    then a link to each finding's figures, FINDING/NAME.png)."""
     from ..io.files import atomic_path
 
     with atomic_path(root / "summary.jsonl") as path:
@@ -89,5 +91,10 @@ def write_summary(root: Path, rows: list[dict[str, Any]], header: str) -> None:
     counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
     text = (f"{header}\n\n" + markdown_table(columns, [[r[c] for c in columns] for r in rows])
             + "\n" + ", ".join(f"{n} {v}" for v, n in counts.items()) + "\n")
+    if figures:
+        text += "\n## Figures\n\n" + "".join(
+            f"- {finding}: " + ", ".join(f"[{name.removesuffix('.png')}]({finding}/{name})"
+                                         for name in names) + "\n"
+            for finding, names in figures.items())
     with atomic_path(root / "summary.md") as path:
         path.write_text(text)
