@@ -231,6 +231,72 @@ def make_cases(root: Path) -> list[Case]:  # noqa: C901 - a catalogue, one entry
     add(c, "stdin: empty", "analyze", "-", stdin=root / "empty.pt")
     add(c, "stdin: garbage", "analyze", "-", stdin=root / "garbage.safetensors")
 
+    # ---- --optimizer-state (an AdamW state_dict for fact_adamw)
+    c = "optimizer state"
+    model = build_model(mlp).double()
+    model.load_state_dict(state)
+    adamw = torch.optim.AdamW(model.parameters(), weight_decay=0.1)
+    model(torch.ones(2, 4, dtype=torch.float64)).sum().backward()
+    adamw.step()
+    sound = adamw.state_dict()
+
+    def opt_state(name, group=None, entry=None, **top):
+        """`sound` with param group 0 and state[0] changed (a None value deletes the key)."""
+        content = {"state": {i: dict(v) for i, v in sound["state"].items()},
+                   "param_groups": [dict(g) for g in sound["param_groups"]], **top}
+        for target, changes in ((content["param_groups"][0], group),
+                                (content["state"].get(0, {}), entry)):
+            for key, value in (changes or {}).items():
+                target.pop(key) if value is None else target.__setitem__(key, value)
+        return pt(name, content)
+
+    def with_state(label, path, legal=False, expect=None):
+        add(c, label, "analyze", good, "--optimizer-state", path, legal=legal, expect=expect)
+
+    with_state("a sound AdamW state", opt_state("opt_ok.pt"), legal=True)
+    with_state("missing file", root / "no_opt.pt")
+    with_state("a list", pt("opt_list.pt", [1, 2]), expect="not an optimizer state_dict")
+    with_state("empty dict", pt("opt_empty.pt", {}), expect="not an optimizer state_dict")
+    with_state("state is a list", pt("opt_state_list.pt", {"state": [],
+                                                           "param_groups": []}))
+    with_state("no param groups", pt("opt_nogroups.pt", {"state": {}, "param_groups": []}))
+    with_state("params is a string", opt_state("opt_params.pt", {"params": "all"}))
+    with_state("a parameter index twice", opt_state("opt_twice.pt", {"params": [0, 0, 1]}))
+    with_state("fewer parameters than the model", opt_state("opt_few.pt", {"params": [0, 1]}),
+               expect="the model has")
+    with_state("lr missing", opt_state("opt_nolr.pt", {"lr": None}), expect="lr")
+    with_state("β₂ = 1", opt_state("opt_beta.pt", {"betas": (0.9, 1.0)}), expect="[0, 1)")
+    with_state("betas a string", opt_state("opt_betas_str.pt", {"betas": "0.9"}))
+    with_state("eps 0", opt_state("opt_eps.pt", {"eps": 0.0}), expect="eps")
+    with_state("eps NaN", opt_state("opt_eps_nan.pt", {"eps": math.nan}), expect="eps")
+    with_state("weight_decay 0", opt_state("opt_wd0.pt", {"weight_decay": 0.0}),
+               expect="weight_decay")
+    with_state("weight_decay inf", opt_state("opt_wdinf.pt", {"weight_decay": math.inf}))
+    with_state("coupled Adam", opt_state("opt_adam.pt", {"decoupled_weight_decay": False}),
+               expect="coupled")
+    with_state("amsgrad", opt_state("opt_ams.pt", {"amsgrad": True}), expect="amsgrad")
+    with_state("exp_avg_sq of the wrong shape", opt_state(
+        "opt_shape.pt", entry={"exp_avg_sq": torch.zeros(3, 3, dtype=torch.float64)}),
+        expect="shape")
+    with_state("exp_avg_sq NaN", opt_state(
+        "opt_nan.pt", entry={"exp_avg_sq": torch.full((6, 4), math.nan, dtype=torch.float64)}),
+        expect="not finite")
+    with_state("exp_avg_sq negative", opt_state(
+        "opt_neg.pt", entry={"exp_avg_sq": -torch.ones(6, 4, dtype=torch.float64)}),
+        expect="negative")
+    with_state("exp_avg_sq integers", opt_state(
+        "opt_int.pt", entry={"exp_avg_sq": torch.ones(6, 4, dtype=torch.int64)}))
+    with_state("exp_avg_sq missing", opt_state("opt_nosq.pt", entry={"exp_avg_sq": None}))
+    with_state("step 0", opt_state("opt_step0.pt", entry={"step": torch.tensor(0.0)}),
+               expect="step")
+    with_state("step NaN", opt_state("opt_stepnan.pt", entry={"step": torch.tensor(math.nan)}))
+    with_state("step a string", opt_state("opt_stepstr.pt", entry={"step": "one"}))
+    with_state("state index no group lists", pt("opt_index.pt", {
+        "state": {99: sound["state"][0]}, "param_groups": sound["param_groups"]}))
+    with_state("pickle that runs code", pt("opt_exploit.pt", {"state": _Exploit(marker),
+                                                              "param_groups": []}))
+    with_state("a checkpoint, not a state", good, expect="not an optimizer state_dict")
+
     # ---- options
     c = "options"
     for option, values in (("--alpha", ["nan", "-1", "0", "inf"]),

@@ -169,3 +169,20 @@ def relative(a, b):
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
 
+
+
+def naive_fact_adamw(model: nn.Module, layer: nn.Module, x, targets, loss, exp_avg_sq, step,
+                     beta2, eps, weight_decay, weights=None):
+    """fact_adamw of relations.md §7, −(1/λ) Wᵀ(∇_W L_data ⊘ (√v̂ + ε)) with
+    v̂ = exp_avg_sq/(1 − β₂^step), from the per-sample gradients of the parameter, numpy."""
+    n = len(x)
+    weights = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=np.float64)
+    gradient = np.zeros(tuple(layer.weight.shape))
+    for i in range(n):
+        ell = _per_sample_loss(loss, model(x[i:i + 1]).reshape(-1), targets[i])
+        (grad_w,) = torch.autograd.grad(ell, layer.weight)
+        gradient += weights[i] * grad_w.double().numpy()
+    v_hat = exp_avg_sq.double().numpy() / (1.0 - beta2 ** float(step))
+    step_matrix = _as_matrix(layer, torch.from_numpy(-gradient / (np.sqrt(v_hat) + eps)))
+    W = weight_matrix(layer).detach().double().numpy()
+    return W.T @ step_matrix / weight_decay

@@ -10,7 +10,7 @@ from torch import nn
 
 from factcli.data.datasets import Dataset
 from factcli.engine.analysis import analyze
-from factcli.engine.relations import RELATIONS
+from factcli.engine.relations import DEFAULT_RELATIONS
 from tests.critical import train_to_critical
 from tests.oracle import naive_relations, relative
 
@@ -82,7 +82,7 @@ def test_every_matrix_matches_the_naive_oracle(case, loss, bias):
         module = dict(model.named_modules())[layer.name]
         expected = naive_relations(model, module, data.x_train, targets, loss, decay,
                                    weights=data.weights)
-        for name in ("nfm", "bnfm", *RELATIONS):
+        for name in ("nfm", "bnfm", *DEFAULT_RELATIONS):
             assert relative(layer.matrices[name], expected[name]) < 1e-10, (layer.name, name)
         for name in ("fact", "bfact"):  # the parameter's gradient = Σ g hᵀ over the uses
             assert relative(expected[name + "_uses"], expected[name]) < 1e-10

@@ -16,7 +16,7 @@ from torch import nn
 
 from factcli.data.datasets import Dataset
 from factcli.engine.analysis import analyze
-from factcli.engine.relations import RELATIONS
+from factcli.engine.relations import DEFAULT_RELATIONS
 from tests.critical import train_to_critical
 from tests.oracle import naive_relations, relative
 
@@ -197,7 +197,7 @@ def check_against_oracle(model, data, loss, batch_size, twin=None, names=None, d
         module = modules[(names or {}).get(layer.name, layer.name)]
         expected = naive_relations(reference, module, data.x_train, targets, loss, decay,
                                    weights=data.weights)
-        for name in ("nfm", "bnfm", *RELATIONS):
+        for name in ("nfm", "bnfm", *DEFAULT_RELATIONS):
             assert relative(layer.matrices[name], expected[name]) < 1e-10, (layer.name, name)
         assert layer.stationarity == pytest.approx(expected["stationarity"], rel=1e-10)
     return result
@@ -276,7 +276,7 @@ def test_embedding_forward_relations_beyond_the_vocabulary_limit():
     wte = result.layer("wte")
     assert set(wte.metrics) == {"bfact", "bfact_sym", "bfact_sqrt", "bnfa", "bagop", "benfa"}
     assert any("vocabulary 7 > 5" in message for message in result.warnings)
-    assert len(result.layer("mix").metrics) == len(RELATIONS)
+    assert len(result.layer("mix").metrics) == len(DEFAULT_RELATIONS)
 
 
 def test_a_linear_used_twice():

@@ -13,7 +13,7 @@ from torch import nn
 from factcli.data.datasets import Dataset
 from factcli.engine.analysis import analyze
 from factcli.engine.losses import check_loss, per_sample_loss, sample_accuracy
-from factcli.engine.relations import RELATIONS
+from factcli.engine.relations import DEFAULT_RELATIONS
 from factcli.errors import FactError
 from factcli.models.archs import build_model
 from tests.oracle import naive_relations, relative
@@ -171,7 +171,7 @@ def test_per_position_relations_of_a_transformer_match_the_oracle(loss, weighted
     for layer in result.layers:
         expected = naive_relations(twin, modules[twin_name(layer.name)], tokens, ids, loss,
                                    decay, weights=data.weights)
-        for name in ("nfm", "bnfm", *RELATIONS):
+        for name in ("nfm", "bnfm", *DEFAULT_RELATIONS):
             assert relative(layer.matrices[name], expected[name]) < 1e-10, (layer.name, name)
         assert layer.stationarity == pytest.approx(expected["stationarity"], rel=1e-10)
     w = data.weights if weighted else torch.full((5,), 0.2, dtype=torch.float64)

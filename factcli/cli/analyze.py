@@ -82,14 +82,15 @@ def progress_bar(label: str):
 
 
 def _options(arch, model, loss, weight_decay, alpha, relations, layers, batch_size, max_samples,
-             seed, dtype, data_dir, trust_model_code, offline, max_vocab) -> dict:
+             seed, dtype, data_dir, trust_model_code, offline, max_vocab,
+             optimizer_state=None) -> dict:
     """The keyword arguments of `prepare`/`analyze` from the command-line options."""
     return dict(loss=loss, weight_decay=weight_decay, alpha=alpha,
                 relations=split_list(relations), layers=split_list(layers),
                 batch_size=batch_size, max_samples=max_samples, seed=seed, dtype=dtype,
                 data_dir=data_dir, model=model_overrides(arch, model),
                 trust_model_code=trust_model_code, offline=offline or None,
-                max_vocab=max_vocab or None)
+                max_vocab=max_vocab or None, optimizer_state=optimizer_state)
 
 
 def _said(checkpoint: str, result_info: dict, layers: int, started: float,
@@ -225,6 +226,10 @@ def analyze_command(
     partial: Annotated[Optional[Path], typer.Option(help="Write the raw sums here for fact merge "
                                                     "(factcli.partial/1) instead of results.")]
     = None,
+    optimizer_state: Annotated[Optional[Path], typer.Option(
+        help="AdamW state (torch.save(opt.state_dict()), or a training dict holding one) for "
+             "the relation fact_adamw (default: the state a fact train --optimizer adamw "
+             "checkpoint carries).")] = None,
 ) -> None:
     """FACT, bFACT, NFA, eNFA and variants for every layer, with their agreement with WᵀW/WWᵀ."""
     from ..distributed import environment, reduced_sums, share
@@ -262,7 +267,7 @@ def analyze_command(
     output = partial if partial is not None else report
     options = _options(arch, model, loss, weight_decay, alpha, relations, layers, batch_size,
                        max_samples, seed, dtype, data_dir, trust_model_code, offline,
-                       max_vocab)
+                       max_vocab, optimizer_state)
     started = time.perf_counter()
     with checkpoint_source(checkpoint) as path, progress_bar(Path(checkpoint).name) as progress:
         reduced = reduced_sums(lambda on: prepare(path, data, device=on, **options), device,

@@ -172,6 +172,10 @@ def train(
         help="Learning rate (default: sgd/gd 0.1, adam/adamw 1e-3).")] = None,
     momentum: Annotated[float | None, typer.Option(
         help="SGD/GD momentum (default: sgd 0.9, gd 0).")] = None,
+    eps: Annotated[float | None, typer.Option(
+        help="Adam/AdamW ε of √v̂ + ε (default 1e-8, torch's).")] = None,
+    betas: Annotated[str | None, typer.Option(
+        help="Adam/AdamW β₁,β₂ (default 0.9,0.999, torch's).")] = None,
     weight_decay: Annotated[float, typer.Option(
         help="λ: coupled L2, L = loss + (λ/2)‖θ‖² (relations.md §1).")] = 1e-4,
     schedule: Annotated[str | None, typer.Option(
@@ -226,9 +230,14 @@ def train(
         channel_list = None if channels is None else [int(c) for c in channels.split(",")]
     except ValueError:
         raise FactError(f"--channels must be comma-separated integers (got {channels!r})") from None
+    try:
+        beta_pair = None if betas is None else [float(b) for b in betas.split(",")]
+    except ValueError:
+        raise FactError(f"--betas must be two numbers β1,β2 (got {betas!r})") from None
     config = TrainConfig(arch=arch, dataset=dataset, width=width, depth=depth,
                          activation=activation, bias=bias, loss=loss, optimizer=optimizer,
-                         lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
+                         lr=lr, momentum=momentum, eps=eps, betas=beta_pair,
+                         weight_decay=weight_decay, schedule=schedule,
                          epochs=epochs, batch_size=batch_size, seed=seed, dtype=dtype,
                          target_loss=target_loss, polish=polish, channels=channel_list,
                          pool=pool, heads=heads)

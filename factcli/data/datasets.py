@@ -586,14 +586,18 @@ def _separation(spec: str, o: _Options) -> Dataset:
 
 
 def _teacher_linear(spec: str, o: _Options) -> Dataset:
-    """Gaussian inputs x ~ N(0, I_d), targets y = βx with β ~ N(0, 1/d) entries (c × d)."""
+    """Gaussian inputs x ~ N(0, I_d), targets y = βx + σξ with β ~ N(0, 1/d) entries (c × d)
+    and label noise ξ ~ N(0, I_c) of size σ = `noise` (default 0: none, nothing drawn)."""
     d, c, n = o.get("d", 10, minimum=1), o.get("c", 10, minimum=1), o.get("n", 100, minimum=1)
     seed, n_test = o.get("seed", 0, minimum=0), o.get("n_test", n, minimum=0)
+    noise = o.get("noise", 0.0, float, minimum=0)
     _generated(spec, (n + n_test) * (d + c) + c * d)
     rng = np.random.default_rng(seed)
     beta = rng.standard_normal((c, d)) / np.sqrt(d)
     x = rng.standard_normal((n + n_test, d))
     y = x @ beta.T
+    if noise > 0:  # drawn after x, so the noiseless sets stay what they were
+        y = y + noise * rng.standard_normal(y.shape)
     return Dataset(spec, _tensor(x[:n]), _tensor(y[:n]), _tensor(x[n:]), _tensor(y[n:]))
 
 

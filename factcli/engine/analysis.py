@@ -17,6 +17,7 @@ from ..data.datasets import Dataset, load_dataset
 from ..errors import FactError
 from ..io import validate
 from ..io.checkpoint import Checkpoint, load_checkpoint
+from ..io.optimizer import Preconditioner, preconditioners, read_state
 from ..models.archs import check_finite
 from . import relations as rel
 from .device import resolve_device, resolve_dtype
@@ -99,6 +100,7 @@ class Plan:
     batch_size: int
     info: dict[str, Any]
     warnings: list[str]
+    adamw: dict[str, tuple[torch.Tensor, float]] | None = None  # layer → (√v̂ + ε as W, λ)
 
     @property
     def classified(self) -> bool:
@@ -123,7 +125,7 @@ class Plan:
 
     def finish(self, sums: Sums) -> Analysis:
         return finish(self.weight_matrices(), self.penalty(), sums, self.info, self.warnings,
-                      self.classified)
+                      self.classified, self.adamw)
 
 
 def prepare(
@@ -145,14 +147,17 @@ def prepare(
     model: dict[str, Any] | None = None,
     max_vocab: int | None = 4096,
     trust_model_code: bool = False,
+    optimizer_state: str | os.PathLike | dict[str, Any] | None = None,
 ) -> Plan:
     """Load and check everything `analyze` needs, up to (not including) the pass over the data.
 
     An embedding's forward relations (vocab × vocab) are computed only up to `max_vocab`
     (None: always). A model factory named inside a checkpoint file runs only if `model` names
     it too or `trust_model_code=True` (it is code chosen by whoever wrote the file).
+    `optimizer_state` (a `state_dict`, or a `.pt` file holding one; default: the AdamW state a
+    `fact train` checkpoint carries) gives `fact_adamw` (relations.md §7).
     """
-    names = rel.check_relations(relations)
+    rel.check_relations(relations, adamw=True)  # unknown names fail before any loading
     validate.number(alpha, "--alpha (the NFA power α)", positive=True)
     if weight_decay is not None:
         validate.number(weight_decay, "--weight-decay (λ)", minimum=0)
@@ -161,6 +166,7 @@ def prepare(
     training: dict[str, Any] = {}
     warnings: list[str] = []
     info: dict[str, Any] = {"checkpoint": None, "checkpoint_sha256": None}
+    state: tuple[Any, str] | None = None  # (AdamW state_dict, where it came from)
     if isinstance(source, nn.Module):
         network = copy.deepcopy(source)  # moved, cast and put in eval mode: not the caller's
         check_finite(network.named_parameters())
@@ -171,6 +177,16 @@ def prepare(
         warnings.extend(checkpoint.warnings)  # how the weights were read (io/sources.py)
         info.update(checkpoint=str(checkpoint.path) if checkpoint.path else None,
                     checkpoint_sha256=checkpoint.sha256, model=checkpoint.model)
+        if checkpoint.optimizer_state is not None:
+            state = (checkpoint.optimizer_state, f"{checkpoint.path or 'the checkpoint'} "
+                     "(its AdamW state)")
+    if optimizer_state is not None:
+        state = (read_state(optimizer_state), str(optimizer_state)) \
+            if isinstance(optimizer_state, (str, os.PathLike)) else \
+            (optimizer_state, "the optimizer state")
+    moments = None if state is None else preconditioners(state[0], network, state[1],
+                                                         training.get("optimizer"))
+    names = rel.check_relations(relations, adamw=bool(moments))
     loss = loss or training.get("loss")
     if not loss:
         _missing("loss", "--loss mse|cross_entropy|next_token")
@@ -193,7 +209,10 @@ def prepare(
                         "are missing (correlations are still given); pass --weight-decay")
     if str(training.get("optimizer", "")).lower() == "adamw":
         warnings.append("trained with AdamW (decoupled weight decay): its fixed points are not "
-                        "critical points of L, so FACT holds only approximately")
+                        "critical points of L, so FACT holds only approximately" + (
+                            "; fact_adamw (relations.md §7) is the relation they satisfy"
+                            if moments else "; no AdamW state at hand for fact_adamw "
+                            "(pass --optimizer-state FILE)"))
 
     run_device = resolve_device(device)
     run_dtype = _pick_dtype(dtype, network)
@@ -204,6 +223,7 @@ def prepare(
     chosen = select_layers(network, layers)
     for layer in chosen:  # the parameter's gradient is the FACT sum
         layer.parameter.requires_grad_(True)
+    adamw = _adamw_layers(network, chosen, moments, weight_decay, warnings) if moments else None
     _check_token_ids(data, network)
     x, labels, weights = _subsample(data, max_samples, seed)
     if len(x) < data.n_train:
@@ -216,20 +236,41 @@ def prepare(
         device=str(run_device), dtype=str(run_dtype).removeprefix("torch."),
         torch_version=torch.__version__, mode="eval", weighted=data.weights is not None,
         training=training, not_analyzed=not_analyzed(network), max_vocab=max_vocab, world_size=1,
+        optimizer_state=None if state is None else state[1],
     )
     return Plan(network, chosen, data, x, labels, weights, loss, names, batch_size, info,
-                warnings)
+                warnings, adamw)
+
+
+def _adamw_layers(network: nn.Module, chosen: list[Layer], moments: dict[str, Preconditioner],
+                  weight_decay: float | None, warnings: list[str]
+                  ) -> dict[str, tuple[torch.Tensor, float]]:
+    """(√v̂ + ε read as the layer's W, AdamW's λ) of each layer whose parameter has state."""
+    names = {id(p): name for name, p in network.named_parameters()}
+    found = {}
+    for layer in chosen:
+        moment = moments.get(names.get(id(layer.parameter), ""))
+        if moment is not None:
+            found[layer.name] = (layer.matrix(moment.denominator), moment.weight_decay)
+    decays = sorted({decay for _, decay in found.values()})
+    if decays and rel.has_scale(weight_decay) and decays != [weight_decay]:
+        warnings.append(f"the AdamW state's weight_decay ({', '.join(map(str, decays))}) "
+                        f"differs from λ = {weight_decay} of fact: fact_adamw uses the state's")
+    return found
 
 
 def finish(weights: dict[str, tuple[str, torch.Tensor]], penalty: float, sums: Sums,
-           info: dict[str, Any], warnings: list[str], classified: bool) -> Analysis:
+           info: dict[str, Any], warnings: list[str], classified: bool,
+           adamw: dict[str, tuple[torch.Tensor, float]] | None = None) -> Analysis:
     """The `Analysis` from the raw sums over all samples: finalize them (divide by Σ w_i),
-    then the relations and metrics of every layer (`weights`: name → (kind, W))."""
+    then the relations and metrics of every layer (`weights`: name → (kind, W); `adamw`:
+    name → (√v̂ + ε as W, λ), for `fact_adamw`)."""
     final, warnings = sums.finalize(), list(warnings)
     weight_decay = info["weight_decay"]
     names, alpha, max_vocab = tuple(info["relations"]), info["alpha"], info["max_vocab"]
     results = [_layer_result(name, kind, W, final, weight_decay, alpha, names, max_vocab,
-                             warnings) for name, (kind, W) in weights.items()]
+                             warnings, (adamw or {}).get(name))
+               for name, (kind, W) in weights.items()]
     data_loss = float(final.loss)
     info = {**info, "data_loss": data_loss,
             "accuracy": float(final.correct) if classified else math.nan,
@@ -284,16 +325,19 @@ def _stream(network: nn.Module, chosen: list[Layer], data: Dataset, x: torch.Ten
 
 def _layer_result(name: str, kind: str, W: torch.Tensor, sums: Sums,
                   weight_decay: float | None, alpha: float, names: tuple[str, ...],
-                  max_vocab: int | None, warnings: list[str]) -> LayerResult:
+                  max_vocab: int | None, warnings: list[str],
+                  adamw: tuple[torch.Tensor, float] | None = None) -> LayerResult:
     total = sums.layers[name]
-    kept, note = _available(name, kind, W, sums, names, max_vocab, warnings)
-    matrices, fitted = rel.compute(W, total, weight_decay, alpha, kept)
+    kept, note = _available(name, kind, W, sums, names, max_vocab, warnings, adamw is not None)
+    matrices, fitted = rel.compute(W, total, weight_decay, alpha, kept, adamw)
     matrices = {key: value.cpu() for key, value in matrices.items()}
     metrics = {}
     for relation in kept:
         reference, candidate = matrices[rel.reference(relation)], matrices[relation]
         values = {metric: fn(reference, candidate) for metric, fn in METRICS.items()}
-        if relation not in rel.FACT_FAMILY or not rel.has_scale(weight_decay):
+        scaled = relation in rel.NEEDS_OPTIMIZER or (relation in rel.FACT_FAMILY
+                                                     and rel.has_scale(weight_decay))
+        if not scaled:
             values["rel_err"] = math.nan
         metrics[relation] = values
     return LayerResult(name, W.shape[1], W.shape[0],
@@ -302,9 +346,15 @@ def _layer_result(name: str, kind: str, W: torch.Tensor, sums: Sums,
 
 
 def _available(name: str, kind: str, W: torch.Tensor, sums: Sums, names: tuple[str, ...],
-               max_vocab: int | None, warnings: list[str]) -> tuple[tuple[str, ...], str]:
+               max_vocab: int | None, warnings: list[str],
+               adamw: bool) -> tuple[tuple[str, ...], str]:
     """The relations this layer can give, and a note on how its sums were formed."""
     kept, notes = names, []
+    if not adamw and rel.NEEDS_OPTIMIZER.intersection(kept):
+        kept = tuple(r for r in kept if r not in rel.NEEDS_OPTIMIZER)
+        warnings.append(f"{name}: fact_adamw not computed (no AdamW state for its parameter "
+                        "at hand; fact merge's partial sums do not carry it)")
+        notes.append("fact_adamw not computed: no AdamW state for it")
     if name in sums.unseen or not sums.uses[name]:
         why = (f"its weight is also read by {sums.unseen[name]}, which factcli cannot follow"
                if name in sums.unseen else "no use of it in the forward")

@@ -3,7 +3,8 @@
 Scaling conventions: every sum is over samples with weights w_i summing to 1 (w_i = 1/n by
 default), so `agop`, `enfa`, `bagop`, `benfa` carry the 1/n, and `fact` = −(1/λ) Wᵀ∇_W L_data =
 −(1/(nλ)) Σ_i (Wᵀg_i) h_iᵀ. With λ unknown or 0 the FACT family is returned without the 1/λ
-(`scaled=False`): correlations stay meaningful, `rel_err` does not.
+(`scaled=False`): correlations stay meaningful, `rel_err` does not. `fact_adamw` (§7) brings
+its own λ and √v̂ + ε from the AdamW state, so it is always scaled.
 """
 
 from __future__ import annotations
@@ -14,12 +15,21 @@ import math
 import torch
 
 from ..errors import FactError
-from .conventions import AGOP_FAMILY, BACKWARD, FACT_FAMILY, FORWARD, PER_USE, RELATIONS
+from .conventions import (
+    AGOP_FAMILY,
+    BACKWARD,
+    DEFAULT_RELATIONS,
+    FACT_FAMILY,
+    FORWARD,
+    NEEDS_OPTIMIZER,
+    PER_USE,
+    RELATIONS,
+)
 from .linalg import sqrt_outer
 from .sums import LayerSums
 
-__all__ = ["BACKWARD", "FACT_FAMILY", "FORWARD", "PER_USE", "RELATIONS", "compute", "best_alpha",
-           "fit_alpha"]
+__all__ = ["BACKWARD", "DEFAULT_RELATIONS", "FACT_FAMILY", "FORWARD", "NEEDS_OPTIMIZER", "PER_USE",
+           "RELATIONS", "compute", "best_alpha", "fit_alpha"]
 
 
 def reference(relation: str) -> str:
@@ -32,13 +42,18 @@ def needs_agop(names: tuple[str, ...]) -> bool:
     return bool(AGOP_FAMILY.intersection(names))
 
 
-def check_relations(names: list[str] | None) -> tuple[str, ...]:
+def check_relations(names: list[str] | None, adamw: bool = False) -> tuple[str, ...]:
+    """The relations asked for (default: every one the inputs allow; `adamw`: AdamW state is
+    at hand, so `fact_adamw` is among them)."""
     if not names:
-        return RELATIONS
+        return RELATIONS if adamw else DEFAULT_RELATIONS
     unknown = [name for name in names if name not in RELATIONS]
     if unknown:
         raise FactError(f"unknown relation(s) {', '.join(unknown)}; choose from: "
                         f"{', '.join(RELATIONS)}")
+    if not adamw and NEEDS_OPTIMIZER.intersection(names):
+        raise FactError("fact_adamw needs AdamW's state: analyze a checkpoint written by "
+                        "fact train --optimizer adamw, or pass --optimizer-state FILE")
     return tuple(dict.fromkeys(names))
 
 
@@ -56,9 +71,11 @@ def stationarity(W: torch.Tensor, sums: LayerSums, weight_decay: float | None) -
 
 
 def compute(W: torch.Tensor, sums: LayerSums, weight_decay: float | None, alpha: float,
-            names: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], float]:
+            names: tuple[str, ...], adamw: tuple[torch.Tensor, float] | None = None
+            ) -> tuple[dict[str, torch.Tensor], float]:
     """NFM, bNFM and the requested relations, all float64 (k×k forward, m×m backward), and
-    the NFA power α that fits NFM best (see `best_alpha`)."""
+    the NFA power α that fits NFM best (see `best_alpha`). `adamw` is (√v̂ + ε as a matrix
+    like W, AdamW's λ), needed for `fact_adamw` only."""
     W = W.double()
     scale = 1.0 / weight_decay if has_scale(weight_decay) else 1.0
     step = -scale * sums.grad  # −(1/λ) ∇_W L_data: FACT = Wᵀ·step, bFACT = step·Wᵀ
@@ -68,6 +85,7 @@ def compute(W: torch.Tensor, sums: LayerSums, weight_decay: float | None, alpha:
         "fact": lambda: W.mT @ step,
         "fact_sym": lambda: _sym(get("fact")),
         "fact_sqrt": lambda: sqrt_outer(W.mT, step),
+        "fact_adamw": lambda: W.mT @ (-sums.grad / (adamw[1] * adamw[0].to(W))),
         "agop": lambda: W.mT @ sums.GG @ W,
         "nfa": lambda: spectral_power(*spectrum(), alpha),
         "enfa": lambda: W.mT @ sums.gg @ W,

@@ -48,6 +48,7 @@ class Checkpoint:
     sha256: str | None = None
     trust_model_code: bool = True  # False when a factory came from a file nobody vouched for
     warnings: list[str] = field(default_factory=list)
+    optimizer_state: dict[str, Any] | None = None  # AdamW's, from `fact train`'s resume state
 
     def build(self) -> nn.Module:
         """The model with these weights, in the weights' floating dtype, in eval mode."""
@@ -170,7 +171,7 @@ def load_checkpoint(path: str | os.PathLike, model: dict[str, Any] | None = None
     A factory named by the file itself is never run by `build()` unless `trust_model_code`;
     one named in `model` is the caller's choice and runs.
     """
-    source, notes = Path(path), []
+    source, notes, optimizer_state = Path(path), [], None
     if source.is_dir() or source.name.endswith(INDEX_SUFFIXES):
         state_dict, stored_model = read_folder(source)
         stored_training = {}
@@ -186,6 +187,7 @@ def load_checkpoint(path: str | os.PathLike, model: dict[str, Any] | None = None
         if isinstance(content, dict) and content.get("format") == FORMAT:
             state_dict = content.get("state_dict", {})
             stored_model, stored_training = content.get("model"), content.get("training")
+            optimizer_state = _adamw_state(content)
         elif isinstance(content, dict) and isinstance(content.get("format"), str):
             raise FactError(f"{source} has format {content['format']!r}; this factcli reads "
                             f"{FORMAT}")
@@ -212,7 +214,18 @@ def load_checkpoint(path: str | os.PathLike, model: dict[str, Any] | None = None
                        **{k: v for k, v in (training or {}).items() if v is not None}}
     trusted = trust_model_code or "arch" in (model or {})
     return Checkpoint(merged_model, state_dict, merged_training, str(path),
-                      sha256(source) if source.is_file() else None, trusted, notes)
+                      sha256(source) if source.is_file() else None, trusted, notes,
+                      optimizer_state)
+
+
+def _adamw_state(content: dict[str, Any]) -> Any:
+    """The AdamW state_dict `fact train --optimizer adamw` keeps under `resume.optimizer`
+    (checked when it is used, io/optimizer.py); None for any other optimizer."""
+    training, resume = content.get("training"), content.get("resume")
+    if not isinstance(training, dict) or training.get("optimizer") != "adamw" or \
+            not isinstance(resume, dict):
+        return None
+    return resume.get("optimizer")
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> None:

@@ -68,9 +68,10 @@ DEFAULT_CHANNELS = [16, 32]  # cnn: one conv block per entry
 DEFAULT_HEADS = 4
 DEFAULT_LR = {"sgd": 0.1, "gd": 0.1, "adam": 1e-3, "adamw": 1e-3}
 DEFAULT_MOMENTUM = {"sgd": 0.9, "gd": 0.0}
+DEFAULT_EPS, DEFAULT_BETAS = 1e-8, [0.9, 0.999]  # torch's, for adam/adamw
 # Options that define the trajectory: a resumed run must agree on all of them.
-TRAJECTORY = ("dataset", "loss", "weight_decay", "optimizer", "lr", "momentum", "batch_size",
-              "seed", "schedule", "dtype")
+TRAJECTORY = ("dataset", "loss", "weight_decay", "optimizer", "lr", "momentum", "eps", "betas",
+              "batch_size", "seed", "schedule", "dtype")
 
 
 @dataclass
@@ -87,6 +88,8 @@ class TrainConfig:
     optimizer: str = "sgd"
     lr: float | None = None
     momentum: float | None = None
+    eps: float | None = None
+    betas: list[float] | None = None
     weight_decay: float = 1e-4
     schedule: str | None = None
     epochs: int = 200
@@ -165,6 +168,13 @@ def _check(config: TrainConfig) -> None:
     if c.optimizer in ("adam", "adamw") and c.momentum is not None:
         raise FactError(f"--momentum contradicts --optimizer {c.optimizer} (Adam has no momentum "
                         "option; use sgd or gd)")
+    for name, value in (("eps", c.eps), ("betas", c.betas)):
+        if value is not None and c.optimizer not in ("adam", "adamw"):
+            raise FactError(f"--{name} is for --optimizer adam or adamw (got {c.optimizer})")
+    if c.eps is not None and not (c.eps > 0 and math.isfinite(c.eps)):
+        raise FactError(f"--eps must be a finite number > 0 (got {c.eps})")
+    if c.betas is not None and (len(c.betas) != 2 or not all(0 <= b < 1 for b in c.betas)):
+        raise FactError(f"--betas must be two numbers in [0, 1) (got {c.betas})")
     # Ranges.
     for name, value in (("width", c.width), ("depth", c.depth), ("batch-size", c.batch_size),
                         ("heads", c.heads)):
@@ -217,13 +227,16 @@ def _resolve(c: TrainConfig, data: Dataset) -> tuple[dict[str, Any], dict[str, A
 
     n = data.n_train
     batch_size = n if c.optimizer == "gd" else min(c.batch_size or 128, n)
+    adam = c.optimizer in ("adam", "adamw")
     training = {
         "dataset": data.spec, "loss": c.loss, "weight_decay": float(c.weight_decay),
         "weight_decay_mode": "decoupled" if c.optimizer == "adamw" else "coupled",
         "optimizer": c.optimizer,
         "lr": float(c.lr if c.lr is not None else DEFAULT_LR[c.optimizer]),
-        "momentum": None if c.optimizer in ("adam", "adamw") else float(
+        "momentum": None if adam else float(
             c.momentum if c.momentum is not None else DEFAULT_MOMENTUM[c.optimizer]),
+        "eps": float(c.eps if c.eps is not None else DEFAULT_EPS) if adam else None,
+        "betas": [float(b) for b in c.betas or DEFAULT_BETAS] if adam else None,
         "batch_size": batch_size, "epochs": int(c.epochs), "epoch": 0, "seed": int(c.seed),
         "schedule": c.schedule or ("constant" if c.optimizer == "gd" else "cosine"),
         "dtype": c.dtype, "target_loss": c.target_loss, "n_train": n,
@@ -621,9 +634,9 @@ def _optimizer(model: nn.Module, training: dict[str, Any]) -> torch.optim.Optimi
     params, lr, decay = model.parameters(), training["lr"], training["weight_decay"]
     if training["optimizer"] in ("sgd", "gd"):
         return torch.optim.SGD(params, lr=lr, momentum=training["momentum"], weight_decay=decay)
-    if training["optimizer"] == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=decay)
+    adam = torch.optim.Adam if training["optimizer"] == "adam" else torch.optim.AdamW
+    return adam(params, lr=lr, weight_decay=decay, eps=training["eps"],
+                betas=tuple(training["betas"]))
 
 
 def _restore(stored: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
