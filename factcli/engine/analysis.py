@@ -368,6 +368,9 @@ def _available(name: str, kind: str, W: torch.Tensor, sums: Sums, names: tuple[s
         warnings.append(f"{name}: vocabulary {W.shape[1]} > {max_vocab}, forward (vocab×vocab) "
                         "relations skipped; raise --max-vocab to compute them")
         notes.append(f"forward relations skipped (vocabulary {W.shape[1]} > {max_vocab})")
+    if name in sums.shared:
+        notes.append("a use shared by the whole batch (no per-sample axis, e.g. a broadcast "
+                     "position lookup): its g and G formed sample by sample")
     if sums.flipped[name]:
         notes.append(f"tied: FACT and stationarity from the full gradient ({sums.uses[name]} "
                      f"use(s) as W, {sums.flipped[name]} as Wᵀ); AGOP family from the "

@@ -11,7 +11,9 @@ function of W and three sums, each term weighted by the sample weight w_i:
 
 A row is one position of one use (a token, a patch, a second call of a shared layer). Which
 axis of z is the batch never matters: g and G come from backward passes of losses and probes
-that carry √w_i per sample, so every row arrives already weighted.
+that carry √w_i per sample, so every row arrives already weighted. A use shared by the batch
+(no row belongs to one sample: a broadcast position lookup) is found and summed sample by
+sample instead (shared.py).
 
 Lifecycle, so that batches, ranks and shards combine the same way: `Sums.zeros`, `accumulate`
 (one batch), `merge` (another `Sums`; or all-reduce `tensors()` with SUM), `finalize` (divide
@@ -29,6 +31,7 @@ from torch import nn
 from ..errors import FactError
 from .capture import Capture
 from .losses import per_sample_loss
+from .shared import per_sample_products, shared_uses
 from .sketch import basis_probes, block_size, probe_products
 from .uses import Layer
 
@@ -64,6 +67,7 @@ class Sums:
     uses: Counter[str] = field(default_factory=Counter)
     flipped: Counter[str] = field(default_factory=Counter)
     unseen: dict[str, str] = field(default_factory=dict)
+    shared: set[str] = field(default_factory=set)
     batches: int = 0
 
     @classmethod
@@ -90,6 +94,7 @@ class Sums:
             self.flipped[name] = max(self.flipped[name], count)
         for name, what in other.unseen.items():
             self.unseen.setdefault(name, what)
+        self.shared |= other.shared
         self.batches += other.batches
 
     def finalize(self) -> Sums:
@@ -100,7 +105,8 @@ class Sums:
         layers = {name: LayerSums(*(t / total for t in sums.tensors()))
                   for name, sums in self.layers.items()}
         return Sums(layers, self.loss / total, self.correct / total, self.weight / total,
-                    Counter(self.uses), Counter(self.flipped), dict(self.unseen), self.batches)
+                    Counter(self.uses), Counter(self.flipped), dict(self.unseen),
+                    set(self.shared), self.batches)
 
 
 def model_output(value) -> torch.Tensor:
@@ -125,6 +131,17 @@ def _add_product(total: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -
     total += (left.mT @ right).double()
 
 
+def _add_per_sample(sums: Sums, common: list, losses: torch.Tensor, output: torch.Tensor,
+                    root: torch.Tensor | None, outputs: bool) -> None:
+    """gg and GG of the uses shared by the batch, sample by sample (shared.py)."""
+    zs = [use.z for use in common]
+    for target, total in [(losses.reshape(-1, 1), "gg")] + [(output, "GG")] * outputs:
+        for products in per_sample_products(target, zs, root):
+            for use, G in zip(common, products):
+                rows = use.rows(G, lead=1)
+                _add_product(getattr(sums.layers[use.layer.name], total), rows, rows)
+
+
 def accumulate(model: nn.Module, layers: list[Layer], sums: Sums, x: torch.Tensor,
                target: torch.Tensor, weight: torch.Tensor | None, loss: str,
                outputs: bool = True, per_use: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,10 +159,16 @@ def accumulate(model: nn.Module, layers: list[Layer], sums: Sums, x: torch.Tenso
     if not output.is_floating_point():
         raise FactError(f"the model returned {output.dtype} values, not floating-point outputs")
     parameters = list({id(layer.parameter): layer.parameter for layer in layers}.values())
-    zs = [use.z for use in capture.uses] if per_use else []
     losses = per_sample_loss(loss, output, target)  # sees the output's own shape (n, T, V)
     shaped, output = output, output.reshape(len(x), -1)  # the probes run over every output
     root = None if weight is None else weight.to(losses.dtype).sqrt()
+    uses = capture.uses if per_use else []
+    shared = shared_uses(output, [use.z for use in uses], [use.channel for use in uses])
+    common = [use for use, flag in zip(uses, shared) if flag]
+    uses = [use for use, flag in zip(uses, shared) if not flag]
+    if common:
+        _add_per_sample(sums, common, losses, output, root, outputs)
+    zs = [use.z for use in uses]
     options = dict(allow_unused=True, materialize_grads=True)
     if weight is None:  # w_i = 1: one backward gives both ∇_θ Σ ℓ_i and every g
         grads = torch.autograd.grad(losses.sum(), parameters + zs, retain_graph=outputs,
@@ -162,13 +185,13 @@ def accumulate(model: nn.Module, layers: list[Layer], sums: Sums, x: torch.Tenso
         if gradient.is_sparse:  # nn.Embedding(sparse=True)
             gradient = gradient.to_dense()
         sums.layers[layer.name].grad += layer.matrix(gradient).double()
-    for use, g in zip(capture.uses if per_use else (), gs):
+    for use, g in zip(uses, gs):
         rows = use.rows(g)
         _add_product(sums.layers[use.layer.name].gg, rows, rows)
-    if outputs and per_use and zs:
+    if outputs and zs:
         block = block_size(output, zs, scaled=root is not None)
         for probes in basis_probes(output, root, block):
-            for use, G in zip(capture.uses, probe_products(output, zs, probes)):
+            for use, G in zip(uses, probe_products(output, zs, probes)):
                 rows = use.rows(G, lead=1)
                 _add_product(sums.layers[use.layer.name].GG, rows, rows)
     losses = losses.detach()
@@ -180,5 +203,6 @@ def accumulate(model: nn.Module, layers: list[Layer], sums: Sums, x: torch.Tenso
         sums.flipped.update(capture.flipped)
     for name, what in capture.unseen.items():
         sums.unseen.setdefault(name, what)
+    sums.shared.update(use.layer.name for use in common)
     sums.batches += 1
     return losses, shaped.detach()

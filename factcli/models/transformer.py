@@ -67,8 +67,8 @@ class Transformer(nn.Module):
         if length > self.pos.num_embeddings:
             raise FactError(f"sequences of {length} tokens exceed the context "
                              f"{self.pos.num_embeddings}")
-        # one lookup per sample: a lookup shared by the batch would mix the samples' gradients
-        # in the per-row sums of the engine (relations.md §1.1, "Positions")
+        # one lookup per sample: a lookup shared by the batch is analyzed sample by sample,
+        # n times slower (relations.md §1.1, "Positions")
         positions = torch.arange(length, device=tokens.device).expand(len(tokens), -1)
         x = self.embed(tokens) + self.pos(positions)
         mask = torch.ones(length, length, dtype=torch.bool, device=tokens.device).triu(1)

@@ -1,0 +1,78 @@
+"""Uses computed once for the whole batch and broadcast over it (relations.md §1.1, "Positions").
+
+A position embedding looked up as `pos(arange(T))` (HF GPT-2's `wpe`) gives one z for all n
+samples. The batched backward passes of sums.py then deliver Σ_i g_i and Σ_i G_i at that z,
+and the outer product of a sum is not the sum of the outer products: eNFA and the AGOP family
+would depend on the batch size. For a per-sample use, some axis of z (of n·T indices, T ≥ 1)
+assigns each index to one sample whose outputs alone reach it (checked exactly, with 2⌈log₂ n⌉
+probes: random weights on the outputs of the samples whose bit b is 0, or 1); a use with no
+such axis is shared. Its g and G are then formed sample by sample,
+with probes that are unit vectors over (sample, loss) and (sample, output) pairs: exact, at
+the cost of n times the probes of the batch. A per-sample use whose batch order is permuted
+is also taken for shared, which costs time but never correctness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from .sketch import JACOBIAN_BUDGET, probe_products
+
+
+def shared_uses(output: torch.Tensor, zs: list[torch.Tensor], channels: list[int]) -> list[bool]:
+    """For each z (its output channels on axis `channels[j]`), whether it is shared by the
+    batch: whether no axis of z assigns each of its indices to one sample whose outputs alone
+    reach it. `output` is the model output as (n, c)."""
+    n = len(output)
+    if n < 2 or not zs:
+        return [False] * len(zs)
+    bits = (n - 1).bit_length()
+    samples = torch.arange(n)
+    # probe (b, v): random weights on the outputs of the samples whose bit b is v
+    classes = torch.stack([(samples >> bit) & 1 == value for bit in range(bits)
+                           for value in (0, 1)])
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.randn(output.shape, generator=generator, dtype=torch.float64)
+    products = probe_products(output, zs, (weights * classes.unsqueeze(-1)).to(output))
+
+    def owned(product: torch.Tensor, axis: int, owner: torch.Tensor) -> bool:
+        """Whether every probe's product vanishes at the indices of `axis` whose owner (a
+        sample) it does not weigh: then only the owner's outputs reach an index."""
+        moved = product.movedim(axis + 1, 1)  # (probes, size of the axis, ...)
+        return bool((moved[~classes[:, owner].to(moved.device)] == 0).all())
+
+    def layouts(size: int) -> list[torch.Tensor]:
+        """Owners of the indices of an axis holding n samples × size/n positions, batch-major
+        or position-major (attention flattens (T, n) into T·n rows)."""
+        index = torch.arange(size)
+        return [index // (size // n), index % n] if size % n == 0 else []
+
+    return [not any(axis != channel and owned(product, axis, owner)
+                    for axis, size in enumerate(z.shape) for owner in layouts(size))
+            for z, product, channel in zip(zs, products, channels)]
+
+
+def unit_probes(output: torch.Tensor, scale: torch.Tensor | None, per_probe: int
+                ) -> Iterator[torch.Tensor]:
+    """The unit vectors of all n·c (sample, output) pairs of `output` (n, c), as many at a time
+    as the budget allows for products of `per_probe` values each; sample i's scaled by
+    scale_i (√w_i)."""
+    n, c = output.shape
+    block = max(1, min(n * c, JACOBIAN_BUDGET // max(per_probe * output.element_size(), 1)))
+    for start in range(0, n * c, block):
+        stop = min(start + block, n * c)
+        probe = torch.zeros(stop - start, n * c, dtype=output.dtype, device=output.device)
+        probe[:, start:stop].fill_diagonal_(1)
+        probe = probe.reshape(-1, n, c)
+        yield probe if scale is None else probe * scale.to(output.dtype).reshape(1, n, 1)
+
+
+def per_sample_products(output: torch.Tensor, zs: list[torch.Tensor],
+                        scale: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, ...]]:
+    """∂(√w_i f_io)/∂z for every sample i and output o of `output` (n, c), in blocks: a
+    leading probe axis on each z's products (the loss when `output` is the (n, 1) ℓ_i)."""
+    per_probe = sum(z.numel() for z in zs) + output.numel()
+    for probes in unit_probes(output, scale, per_probe):
+        yield probe_products(output, zs, probes)
