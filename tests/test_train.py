@@ -437,3 +437,16 @@ def test_bad_options_are_rejected_before_the_data_is_loaded(monkeypatch):
                         (dict(optimizer="adam", momentum=0.9), "contradicts")):
         with pytest.raises(FactError, match=needle):
             train(**{**TINY, **bad}, epochs=1)
+
+
+def test_hold_cosine_keeps_the_rate_for_half_the_run_then_decays_it(tmp_path):
+    """lr for epochs 0..E/2-1, then the cosine of the remaining half; the run uses those rates."""
+    from factcli.training.loop import lr_at
+
+    record = {"lr": 0.2, "epochs": 10, "schedule": "hold-cosine"}
+    rates = [lr_at(record, epoch) for epoch in range(10)]
+    assert rates[:5] == [0.2] * 5
+    assert rates[5:] == pytest.approx([0.1 * (1 + math.cos(math.pi * e / 5)) for e in range(5)])
+    result = train(**{**TINY, "epochs": 4}, schedule="hold-cosine", out=tmp_path / "h.pt")
+    assert [row["lr"] for row in result.history] == [lr_at(result.training, e) for e in range(4)]
+    assert result.training["schedule"] == "hold-cosine"

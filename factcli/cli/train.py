@@ -179,7 +179,8 @@ def train(
     weight_decay: Annotated[float, typer.Option(
         help="λ: coupled L2, L = loss + (λ/2)‖θ‖² (relations.md §1).")] = 1e-4,
     schedule: Annotated[str | None, typer.Option(
-        help="cosine or constant (default: cosine; constant for gd).")] = None,
+        help="cosine, constant, or hold-cosine (constant for the first half of the epochs, "
+        "then cosine to 0) (default: cosine; constant for gd).")] = None,
     epochs: Annotated[int, typer.Option(help="Epochs (gd: full-batch steps).")] = 200,
     batch_size: Annotated[int | None, typer.Option(help="Minibatch size (default 128).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the initialization and the batch order.")] = 0,

@@ -56,7 +56,7 @@ from .polish import Callback, polish, worst_stationarity
 
 ARCHS = ("mlp", "linear", "quadratic", "cnn", "transformer")
 OPTIMIZERS = ("sgd", "gd", "adam", "adamw")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "hold-cosine")
 RESUME_FORMAT = "factcli.resume/1"
 RESUME_KEY = "resume"
 
@@ -278,9 +278,16 @@ def _layered_spec(c: TrainConfig, data: Dataset) -> dict[str, Any]:
 
 
 def lr_at(training: dict[str, Any], epoch: int) -> float:
-    """The learning rate of epoch `epoch` (0-based): cosine decays from lr towards 0."""
+    """The learning rate of epoch `epoch` (0-based): cosine decays from lr towards 0;
+    hold-cosine keeps lr for the first half and decays it over the second, so that a run can
+    first generalize (grokking needs time at full lr) and then settle near a critical point."""
     lr, epochs = training["lr"], max(training["epochs"], 1)
-    if training["schedule"] == "cosine":
+    if training["schedule"] == "hold-cosine":
+        hold = epochs // 2
+        if epoch < hold:
+            return lr
+        epoch, epochs = epoch - hold, max(epochs - hold, 1)
+    if training["schedule"] in ("cosine", "hold-cosine"):
         return lr * 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
     return lr
 
