@@ -9,7 +9,7 @@ from torch import nn
 
 from factcli.data.datasets import Dataset
 from factcli.engine.analysis import analyze
-from factcli.engine.relations import RELATIONS
+from factcli.engine.relations import DEFAULT_RELATIONS
 from tests.oracle import naive_relations, relative
 
 torch.set_num_threads(1)
@@ -67,7 +67,7 @@ def test_a_broadcast_position_lookup_is_exact_at_every_batch_size(keepdim, weigh
     for name, layer in results[4].items():
         expected = naive_relations(model, modules[name], dataset.x_train, dataset.y_train,
                                    "cross_entropy", 1e-3, weights=dataset.weights)
-        for key in ("nfm", "bnfm", *RELATIONS):
+        for key in ("nfm", "bnfm", *DEFAULT_RELATIONS):
             assert relative(layer.matrices[key], expected[key]) < 1e-10, (name, key)
 
 
@@ -113,5 +113,5 @@ def test_hf_gpt2_wpe_is_exact_at_every_batch_size():
     wpe = results[4]["transformer.wpe"]
     expected = naive_relations(Logits(model), model.transformer.wpe, tokens, dataset.y_train,
                                "next_token", 1e-3)
-    for key in ("nfm", "bnfm", *RELATIONS):
+    for key in ("nfm", "bnfm", *DEFAULT_RELATIONS):
         assert relative(wpe.matrices[key], expected[key]) < 1e-10, key
