@@ -149,6 +149,13 @@ def test_every_finding_runs_at_smoke_settings(tmp_path):
     assert again == [r for r in rows if r["finding"] == "fig11"]
     assert len(_rows(tmp_path)) == len(rows)
     _figures_are_drawn_and_linked(tmp_path)
+    per_layer = [r["quantity"].split(".layer=") for r in rows if r["finding"] == "cnn"]
+    table = (tmp_path / "cnn" / "pearson.md").read_text()
+    assert all(f"| {layer} |" in table for _, layer in per_layer)
+    assert {q for q, _ in per_layer} == {"fact_pearson", "nfa_pearson", "stationarity",
+                                         "fact_minus_nfa", "fact_minus_enfa"}
+    assert {layer for _, layer in per_layer} == {"features.0", "features.3", "classifier.0",
+                                                 "classifier.2"}
 
 
 def _figures_are_drawn_and_linked(root):
@@ -158,7 +165,7 @@ def _figures_are_drawn_and_linked(root):
     summary = (root / "summary.md").read_text()
     expected = {"fig11": "alpha_L4", "sec6": "matrices_tau0.1", "fig2-mnist": "bars",
                 "fig8": "epochs", "fig9-10": "epochs", "fig3": "rfm_k2", "fig4": "rfm_k3",
-                "fig5": "rfm"}
+                "fig5": "rfm", "cnn": "bars"}
     for finding, name in expected.items():
         png = root / finding / f"{name}.png"
         assert png.read_bytes().startswith(b"\x89PNG"), png
