@@ -161,6 +161,30 @@ def test_stop_request_saves_and_resume_continues_exactly(tmp_path, suffix):
     assert same_weights(load_checkpoint(out).state_dict, reference.checkpoint.state_dict)
 
 
+def test_adam_eps_and_betas_are_recorded_and_part_of_the_trajectory(tmp_path):
+    """--eps/--betas reach the optimizer and the record; a resume must agree on them, and an
+    Adam run saved before they were recorded counts as torch's defaults (1e-8, 0.9/0.999)."""
+    out = tmp_path / "adam.pt"
+    common = dict(TINY, optimizer="adam", lr=1e-2, epochs=4, out=out)
+    seen = []
+    train(**common, callback=seen.append,
+          should_stop=lambda: any(e.get("epoch") == 2 for e in seen if e["event"] == "epoch"))
+    content = torch.load(out, weights_only=True)
+    assert content["training"]["eps"] == 1e-8 and content["training"]["betas"] == [0.9, 0.999]
+    group = content["resume"]["optimizer"]["param_groups"][0]
+    assert group["eps"] == 1e-8 and tuple(group["betas"]) == (0.9, 0.999)
+    for key in ("eps", "betas"):  # as an older factcli wrote it
+        del content["training"][key]
+    torch.save(content, out)
+    with pytest.raises(FactError, match="eps 1e-08 \\(stored\\) vs 0.01"):
+        train(**common, eps=1e-2, resume=True)
+    assert train(**common, resume=True).resumed_from == 2
+    with pytest.raises(FactError, match="--eps is for --optimizer adam or adamw"):
+        train(**{**common, "optimizer": "sgd"}, eps=1e-2)
+    with pytest.raises(FactError, match="--betas must be two numbers in"):
+        train(**common, betas=[0.9, 1.0])
+
+
 def test_resume_of_a_finished_run_changes_nothing_and_can_polish(tmp_path):
     out = tmp_path / "q.pt"
     first = train(arch="linear", dataset="teacher-linear:d=3,c=2,n=20", depth=2,

@@ -646,13 +646,21 @@ def _optimizer(model: nn.Module, training: dict[str, Any]) -> torch.optim.Optimi
                 betas=tuple(training["betas"]))
 
 
+def _recorded(training: dict[str, Any], key: str) -> Any:
+    """A trajectory option of a stored run; Adam runs saved before `eps`/`betas` were recorded
+    used torch's defaults."""
+    if key not in training and training.get("optimizer") in ("adam", "adamw"):
+        return {"eps": DEFAULT_EPS, "betas": DEFAULT_BETAS}.get(key)
+    return training.get(key)
+
+
 def _restore(stored: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
              generator: torch.Generator, model_spec: dict[str, Any], training: dict[str, Any],
              out: Path) -> tuple[int, bool]:
     """Load a stored run into model/optimizer/generator; returns (epoch, already polished)."""
     previous = stored.get("training") or {}
-    differences = [f"{key} {previous.get(key)!r} (stored) vs {training.get(key)!r} (now)"
-                   for key in TRAJECTORY if previous.get(key) != training.get(key)]
+    differences = [f"{key} {_recorded(previous, key)!r} (stored) vs {training.get(key)!r} (now)"
+                   for key in TRAJECTORY if _recorded(previous, key) != training.get(key)]
     if dict(stored.get("model") or {}) != model_spec:
         differences.insert(0, f"model {stored.get('model')} (stored) vs {model_spec} (now)")
     if differences:
