@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from factcli.errors import FactError
-from factcli.repro import FINDINGS, PENDING, reproduce
+from factcli.repro import FINDINGS, reproduce
 from factcli.repro.findings import circulant_profile, spearman_correlation
 from factcli.repro.runner import Runner, Step
 from factcli.repro.verdict import judge, paper_entry, paper_values, quantity
@@ -38,7 +38,7 @@ def test_paper_values_file():
                                                                               85.10, 83.71]
     for key, entry in values.items():
         finding = key.split("/")[0]
-        assert finding in FINDINGS or finding in PENDING, key
+        assert finding in FINDINGS, key
         assert entry["source"] and entry["rule"]["op"] in ("within", "at_least", "at_most")
         if entry["rule"]["op"] == "within":
             assert isinstance(entry["paper"], float)
@@ -109,12 +109,9 @@ def test_a_step_reruns_when_its_input_changes(tmp_path):
     assert not runner.done(step)
 
 
-def test_unknown_and_pending_findings(tmp_path):
+def test_unknown_findings(tmp_path):
     with pytest.raises(FactError, match="unknown finding"):
         reproduce(["fig99"], tmp_path)
-    for name in PENDING:
-        with pytest.raises(FactError, match="not available yet"):
-            reproduce([name], tmp_path)
     result = fact_inprocess("repro", "--list")
     assert result.exit_code == 0 and all(name in result.stdout for name in FINDINGS)
     result = fact_inprocess("repro", "fig11", "--quick", "--full", "--out", tmp_path)
@@ -149,13 +146,23 @@ def test_every_finding_runs_at_smoke_settings(tmp_path):
     assert again == [r for r in rows if r["finding"] == "fig11"]
     assert len(_rows(tmp_path)) == len(rows)
     _figures_are_drawn_and_linked(tmp_path)
-    per_layer = [r["quantity"].split(".layer=") for r in rows if r["finding"] == "cnn"]
-    table = (tmp_path / "cnn" / "pearson.md").read_text()
-    assert all(f"| {layer} |" in table for _, layer in per_layer)
-    assert {q for q, _ in per_layer} == {"fact_pearson", "nfa_pearson", "stationarity",
-                                         "fact_minus_nfa", "fact_minus_enfa"}
-    assert {layer for _, layer in per_layer} == {"features.0", "features.3", "classifier.0",
-                                                 "classifier.2"}
+    for name in ("cnn", "transformer"):  # beyond the paper: every weight matrix, FACT vs NFA
+        per_layer = [r["quantity"].split(".layer=") for r in rows
+                     if r["finding"] == name and ".layer=" in r["quantity"]]
+        table = (tmp_path / name / "pearson.md").read_text()
+        assert per_layer and all(f"| {layer} |" in table for _, layer in per_layer)
+        assert {q for q, _ in per_layer} == {"fact_pearson", "nfa_pearson", "stationarity",
+                                             "fact_minus_nfa", "fact_minus_enfa"}
+    layers = {f"{finding}/{r['quantity']}" for r in rows for finding in ("cnn", "transformer")
+              if r["finding"] == finding and r["quantity"].startswith("fact_minus_nfa.")}
+    assert layers == {"cnn/fact_minus_nfa.layer=" + name for name in (
+        "features.0", "features.3", "classifier.0", "classifier.2")} | {
+        "transformer/fact_minus_nfa.layer=" + name for name in (
+            "embed", "pos", "blocks.0.attn.in_proj:q", "blocks.0.attn.in_proj:k",
+            "blocks.0.attn.in_proj:v", "blocks.0.attn.out_proj", "blocks.0.mlp.0",
+            "blocks.0.mlp.2", "head")}
+    stream = next(r for r in rows if r["quantity"] == "stream_writers.cosine")
+    assert abs(stream["measured"]) < 1e-3  # LayerNorm's scale invariance: ∇L_data ⊥ θ
 
 
 def _figures_are_drawn_and_linked(root):
@@ -165,7 +172,7 @@ def _figures_are_drawn_and_linked(root):
     summary = (root / "summary.md").read_text()
     expected = {"fig11": "alpha_L4", "sec6": "matrices_tau0.1", "fig2-mnist": "bars",
                 "fig8": "epochs", "fig9-10": "epochs", "fig3": "rfm_k2", "fig4": "rfm_k3",
-                "fig5": "rfm", "cnn": "bars"}
+                "fig5": "rfm", "cnn": "bars", "transformer": "bars"}
     for finding, name in expected.items():
         png = root / finding / f"{name}.png"
         assert png.read_bytes().startswith(b"\x89PNG"), png

@@ -31,13 +31,11 @@ def repro_command(
 ) -> None:
     """Reproduce the paper's figures and tables: train → analyze/rfm → table, with verdicts."""
     from ..errors import FactError
-    from ..repro import FINDINGS, PENDING, reproduce
+    from ..repro import FINDINGS, reproduce
 
     if list_:
         for name, finding in FINDINGS.items():
             out.print(f"{name}\t{finding.summary}", highlight=False, soft_wrap=True)
-        for name, why in PENDING.items():
-            out.print(f"{name}\t(not available) {why}", highlight=False, soft_wrap=True)
         return
     if quick + full + smoke > 1:
         raise FactError("choose one of --quick, --full, --smoke")

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FactError
-from .findings import FINDINGS, MODES, PENDING, Context
+from .findings import FINDINGS, MODES, Context
 from .runner import Runner, write_script
 from .verdict import write_summary
 
-__all__ = ["FINDINGS", "MODES", "PENDING", "reproduce"]
+__all__ = ["FINDINGS", "MODES", "reproduce"]
 
 
 def reproduce(findings: Sequence[str], out: str | Path, mode: str = "quick",
@@ -31,8 +31,6 @@ def reproduce(findings: Sequence[str], out: str | Path, mode: str = "quick",
     if mode not in MODES:
         raise FactError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
     for name in findings:
-        if name in PENDING:
-            raise FactError(f"{name} is not available yet: {PENDING[name]}")
         if name not in FINDINGS:
             raise FactError(f"unknown finding {name!r}; `fact repro --list` lists them")
     root = Path(out)
