@@ -2,6 +2,7 @@
 
     python benchmarks/bench_lm.py                     # every part, CPU, 1 thread
     python benchmarks/bench_lm.py --part fact --n 16  # (a) only
+    python benchmarks/bench_lm.py --part sketch       # (b) only
 
 A GPT-2-shaped model: the built-in `transformer` (pre-LN decoder, causal attention, GELU MLP,
 learned positions), per-position logits (output=all), loss next_token, random weights and
@@ -9,6 +10,12 @@ random token windows (timings and memory do not depend on the values).
 
 (a) FACT-family relations only (one backward of the loss: the parameters' gradients) vs one
     plain forward + backward of the same summed loss in torch, same batches.
+(b) the AGOP family sketched with S random probes (S = 32, 128) vs exact, same samples, same
+    layers (the blocks' matrices; the head's vocab×vocab bAGOP is left to the factored form):
+    time ratio, metric differences, and how often |sketch − exact| ≤ 3 s.e. Exact runs over the
+    last position's V outputs (`outputs="last"`: V backward probes per sample; all T×V outputs
+    would be T times more, out of reach on a CPU), and the sketches over the same outputs; the
+    sketch over all T×V outputs is timed too.
 (c) peak memory above the loaded model and data for growing vocabulary, FACT family only,
     fresh process each.
 """
@@ -81,6 +88,44 @@ def fact_only(args: argparse.Namespace) -> None:
           f"ratio {sums / plain:.2f} (target ≤ 1.2); relations from the sums {finish:.2f} s")
 
 
+def sketch_vs_exact(args: argparse.Namespace) -> None:
+    import statistics
+
+    model, data = gpt(args.vocab, args.T, args.width, args.depth), tokens(args.n_exact, args.T,
+                                                                           args.vocab)
+    common = dict(loss="next_token", weight_decay=1e-4, relations=["agop", "nfa", "bagop",
+                                                                   "bnfa"],
+                  layers=["blocks.*"], batch_size=args.batch_size, device="cpu")
+
+    def run(**options):
+        plan = prepare(model, data, **common, **options)
+        start = time.perf_counter()
+        result = plan.finish(plan.accumulate())
+        return result, time.perf_counter() - start
+
+    exact, exact_s = run(agop_probes="exact", outputs="last")
+    print(f"(b) depth {args.depth}, width {args.width}, vocab {args.vocab}, T {args.T}, "
+          f"{args.n_exact} samples, layers blocks.* ({len(exact.layers)} matrices), "
+          f"{torch.get_num_threads()} thread(s)")
+    print(f"    exact over the last position ({exact.info['agop_outputs']} outputs per sample): "
+          f"{exact_s:.1f} s")
+    for probes in args.probes:
+        sketch, sketch_s = run(agop_probes=probes, outputs="last")
+        diffs, covered = [], 0
+        for truth, layer in zip(exact.layers, sketch.layers):
+            for relation, values in truth.metrics.items():
+                for metric in ("pearson", "cosine"):
+                    diff = abs(layer.metrics[relation][metric] - values[metric])
+                    diffs.append(diff)
+                    covered += diff <= 3 * layer.metrics[relation][metric + "_se"]
+        whole, whole_s = run(agop_probes=probes, outputs="all")
+        print(f"    S={probes}: {sketch_s:.2f} s, exact/sketch time {exact_s / sketch_s:.0f}x; "
+              f"|Δ metric| median {statistics.median(diffs):.4f}, max {max(diffs):.4f} over "
+              f"{len(diffs)} (layer, relation, pearson|cosine); within 3 s.e.: "
+              f"{covered}/{len(diffs)}; over all {whole.info['agop_outputs']} outputs: "
+              f"{whole_s:.2f} s")
+
+
 def memory_child(args: argparse.Namespace) -> None:
     import gc
 
@@ -116,13 +161,15 @@ def memory(args: argparse.Namespace) -> None:
               f"{row['engine_peak_mib']:.0f} MiB (process {row['process_peak_mib']:.0f} MiB)")
 
 
-PARTS = {"fact": fact_only, "memory": memory}
+PARTS = {"fact": fact_only, "sketch": sketch_vs_exact, "memory": memory}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--part", default="all", choices=["all", *PARTS, "memory-child"])
     parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--n-exact", type=int, default=2, help="samples of part (b)")
+    parser.add_argument("--probes", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--T", type=int, default=64)
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--vocabs", type=int, nargs="+", default=[2048, 4096, 8192])

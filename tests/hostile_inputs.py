@@ -308,7 +308,11 @@ def make_cases(root: Path) -> list[Case]:  # noqa: C901 - a catalogue, one entry
                            ("--model", ["{", "[1]", "width", '{"width": 10000000000}',
                                         "[" * 50000]),
                            ("--arch", ["os:", ":", "no.such.module:fn", "mlp:"]),
-                           ("--seed", [str(2**70), "-1"]), ("--loss", ["hinge"])):
+                           ("--seed", [str(2**70), "-1"]), ("--loss", ["hinge"]),
+                           ("--agop-probes", ["7", "0", "-8", "abc", "1e3", "", "9" * 5000]),
+                           ("--probe-kind", ["sobol", ""]),
+                           ("--probe-seed", ["-1", str(2**40), "x"]),
+                           ("--outputs", ["x", "3:1", "99", "1:2:3", "", "-99", "a:b"])):
         for value in values:  # an unused seed and an empty relation list are harmless
             add(c, f"analyze {option} {value[:30]}", "analyze", good, option, value,
                 legal=option == "--seed" or value == ",,,")

@@ -99,8 +99,11 @@ def _explicit(module, which, store):
 
 
 def naive_relations(model: nn.Module, layer: nn.Module, x, targets, loss, weight_decay,
-                    weights=None, alpha=0.5):
-    """Every matrix of relations.md §2–3 for `layer`, plus its stationarity, as numpy float64."""
+                    weights=None, alpha=0.5, probed=None):
+    """Every matrix of relations.md §2–3 for `layer`, plus its stationarity, as numpy float64.
+
+    `probed` (output of one sample, shaped as the model returns it → the outputs the AGOP family
+    runs over) restricts the Jacobians' outputs; the loss always sees every output."""
     n = len(x)
     weights = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=np.float64)
     W = weight_matrix(layer).detach().numpy().astype(np.float64)
@@ -119,8 +122,11 @@ def naive_relations(model: nn.Module, layer: nn.Module, x, targets, loss, weight
                                             "z": ("bfact_uses", "benfa", "bagop")}.items():
             leaves = []
             with _explicit(layer, which, leaves):
-                out = model(sample).reshape(-1)
+                shaped = model(sample)
+            out = shaped.reshape(-1)
             ell = _per_sample_loss(loss, out, targets[i])
+            if probed is not None:
+                out = probed(shaped).reshape(-1)
             deltas = [delta for delta, _ in leaves]
             grads = torch.autograd.grad(ell, deltas, retain_graph=True)
             for grad, (_, value) in zip(grads, leaves):

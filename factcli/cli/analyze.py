@@ -83,9 +83,10 @@ def progress_bar(label: str):
 
 def _options(arch, model, loss, weight_decay, alpha, relations, layers, batch_size, max_samples,
              seed, dtype, data_dir, trust_model_code, offline, max_vocab,
-             optimizer_state=None) -> dict:
-    """The keyword arguments of `prepare`/`analyze` from the command-line options."""
-    return dict(loss=loss, weight_decay=weight_decay, alpha=alpha,
+             optimizer_state=None, **probing) -> dict:
+    """The keyword arguments of `prepare`/`analyze` from the command-line options (`probing`:
+    agop_probes, probe_kind, probe_seed, outputs)."""
+    return dict(loss=loss, weight_decay=weight_decay, alpha=alpha, **probing,
                 relations=split_list(relations), layers=split_list(layers),
                 batch_size=batch_size, max_samples=max_samples, seed=seed, dtype=dtype,
                 data_dir=data_dir, model=model_overrides(arch, model),
@@ -217,6 +218,16 @@ def analyze_command(
     max_vocab: Annotated[int, typer.Option(
         help="Largest embedding vocabulary whose forward (vocab×vocab) relations are computed; "
         "0: no limit.")] = 4096,
+    agop_probes: Annotated[Optional[str], typer.Option(
+        help="exact, or S random probes per sample (a multiple of 8) for the AGOP family: an "
+        "unbiased sketch with ± standard errors (default: exact up to 256 outputs per sample, "
+        "else 64).", show_default=False)] = None,
+    probe_kind: Annotated[str, typer.Option(help="Random probes: rademacher or gaussian.")]
+    = "rademacher",
+    probe_seed: Annotated[int, typer.Option(help="Seed of the random probes.")] = 0,
+    outputs: Annotated[str, typer.Option(
+        help="Outputs the AGOP family runs over (axis 1 of the model's output: positions of "
+        "(n, T, V), outputs of (n, c)): all, last, an index K or a slice A:B.")] = "all",
     nproc: Annotated[Optional[int], typer.Option(help="Split the samples over N local worker "
                                                  "processes (torch.distributed) and add up "
                                                  "their sums; see docs/scaling.md.")] = None,
@@ -234,6 +245,7 @@ def analyze_command(
     """FACT, bFACT, NFA, eNFA and variants for every layer, with their agreement with WᵀW/WWᵀ."""
     from ..distributed import environment, reduced_sums, share
     from ..engine.analysis import prepare
+    from ..engine.sketch import Probing
     from ..errors import FactError
     from ..io.partial import parse_shard, write_partial
 
@@ -241,6 +253,7 @@ def analyze_command(
     if place and place.rank:  # rank 0 alone prints, whatever happens
         err.quiet = out.quiet = True
     stored = check_outputs(format, report, matrices, no_matrices, matrix_dtype)
+    Probing.parse(agop_probes, probe_kind, probe_seed, outputs)  # before any work
     several = place is not None or (nproc or 1) > 1
     if max_vocab < 0:
         raise FactError(f"--max-vocab must be 0 (no limit) or positive (got {max_vocab})")
@@ -267,7 +280,8 @@ def analyze_command(
     output = partial if partial is not None else report
     options = _options(arch, model, loss, weight_decay, alpha, relations, layers, batch_size,
                        max_samples, seed, dtype, data_dir, trust_model_code, offline,
-                       max_vocab, optimizer_state)
+                       max_vocab, optimizer_state, agop_probes=agop_probes,
+                       probe_kind=probe_kind, probe_seed=probe_seed, outputs=outputs)
     started = time.perf_counter()
     with checkpoint_source(checkpoint) as path, progress_bar(Path(checkpoint).name) as progress:
         reduced = reduced_sums(lambda on: prepare(path, data, device=on, **options), device,

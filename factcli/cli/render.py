@@ -46,6 +46,14 @@ def number(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def error_text(se: float) -> str:
+    """`±se` of a sketched metric (as many decimals as the value shows, or one significant
+    digit when smaller); empty when there is none (exact, or not computed)."""
+    if se is None or not se > 0 or se != se:
+        return ""
+    return f"±{se:.3f}" if se >= 0.001 else f"±{se:.0e}"
+
+
 @dataclass
 class Cell:
     """One table cell: its text, a colour (terminal only) and whether it is the best of its
@@ -172,8 +180,9 @@ def _grid(analysis: Analysis, relations: list[str], metric: str, title: str) -> 
         values = [layer.metrics.get(r, {}).get(metric, math.nan) for r in relations]
         finite = [v for v in values if v == v]
         best = (min(finite) if best_is_low else max(finite)) if finite else None
-        cells = [Cell(number(v), agreement_style(v, metric), v == best and len(finite) > 1)
-                 for v in values]
+        errors = [layer.metrics.get(r, {}).get(f"{metric}_se", math.nan) for r in relations]
+        cells = [Cell(number(v) + error_text(e), agreement_style(v, metric),
+                      v == best and len(finite) > 1) for v, e in zip(values, errors)]
         alpha = [Cell(number(layer.best_alpha, 2), "cyan"),
                  Cell(number(layer.best_alpha_pearson), "cyan")] if fitted else []
         grid.add(layer.name, f"{layer.in_features}→{layer.out_features}",
@@ -200,6 +209,15 @@ def footer(analysis: Analysis, metric: str) -> str:
         "stationarity = ‖∇W L_data + λW‖ / ‖λW‖ (FACT must hold when it is ~0) · "
         "α* = the NFA power that fits WᵀW best, r@α* = its pearson",
     ]
+    probes, outputs = info.get("agop_probes"), info.get("outputs", "all")
+    if probes not in (None, "exact"):
+        parts.append(f"AGOP family sketched: {probes} {info.get('probe_kind')} probes per "
+                     f"sample (seed {info.get('probe_seed')}) over its {info.get('agop_outputs')}"
+                     f" outputs; ± = jackknife standard error over {info.get('probe_groups')} "
+                     "groups of probes (relations.md §8)")
+    if outputs not in (None, "all"):
+        parts.append(f"AGOP family over --outputs {outputs} only ({info.get('agop_outputs')} "
+                     "outputs per sample)")
     skipped = info.get("not_analyzed") or []
     if skipped:
         source = info.get("checkpoint") or "CKPT"

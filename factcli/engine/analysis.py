@@ -24,7 +24,8 @@ from .device import resolve_device, resolve_dtype
 from .losses import check_loss, sample_accuracy
 from .metrics import METRICS
 from .results import Analysis, LayerResult
-from .sums import Sums, accumulate
+from .sketch import GROUPS, Probing
+from .sums import LayerSums, Sums, accumulate
 from .uses import Layer, analyzable, parameters
 
 
@@ -101,6 +102,7 @@ class Plan:
     info: dict[str, Any]
     warnings: list[str]
     adamw: dict[str, tuple[torch.Tensor, float]] | None = None  # layer → (√v̂ + ε as W, λ)
+    probing: Probing = Probing()
 
     @property
     def classified(self) -> bool:
@@ -112,7 +114,8 @@ class Plan:
         weights = None if self.weights is None else self.weights[part]
         return _stream(self.network, self.layers, self.data, self.x[part], self.labels[part],
                        weights, self.loss, rel.needs_agop(self.relations),
-                       bool(rel.PER_USE.intersection(self.relations)), self.batch_size, progress)
+                       bool(rel.PER_USE.intersection(self.relations)), self.batch_size, progress,
+                       self.probing, part.indices(len(self.x))[0])
 
     def weight_matrices(self) -> dict[str, tuple[str, torch.Tensor]]:
         """(kind, W in float64, as the relations read it) of each analyzed layer, by name."""
@@ -148,8 +151,17 @@ def prepare(
     max_vocab: int | None = 4096,
     trust_model_code: bool = False,
     optimizer_state: str | os.PathLike | dict[str, Any] | None = None,
+    agop_probes: int | str | None = None,
+    probe_kind: str | None = None,
+    probe_seed: int | None = None,
+    outputs: str | int | None = None,
 ) -> Plan:
     """Load and check everything `analyze` needs, up to (not including) the pass over the data.
+
+    The AGOP family runs over the outputs `outputs` (all, last, K or A:B of axis 1 of the
+    model's output), exactly (`agop_probes="exact"`, the default up to 256 outputs per
+    sample) or sketched with `agop_probes` random probes of `probe_kind` seeded by
+    `probe_seed` (sketch.py; the default above 256 outputs: 64 probes).
 
     An embedding's forward relations (vocab × vocab) are computed only up to `max_vocab`
     (None: always). A model factory named inside a checkpoint file runs only if `model` names
@@ -158,6 +170,7 @@ def prepare(
     `fact train` checkpoint carries) gives `fact_adamw` (relations.md §7).
     """
     rel.check_relations(relations, adamw=True)  # unknown names fail before any loading
+    probing = Probing.parse(agop_probes, probe_kind, probe_seed, outputs)
     validate.number(alpha, "--alpha (the NFA power α)", positive=True)
     if weight_decay is not None:
         validate.number(weight_decay, "--weight-decay (λ)", minimum=0)
@@ -236,10 +249,10 @@ def prepare(
         device=str(run_device), dtype=str(run_dtype).removeprefix("torch."),
         torch_version=torch.__version__, mode="eval", weighted=data.weights is not None,
         training=training, not_analyzed=not_analyzed(network), max_vocab=max_vocab, world_size=1,
-        optimizer_state=None if state is None else state[1],
+        optimizer_state=None if state is None else state[1], **probing.record(),
     )
     return Plan(network, chosen, data, x, labels, weights, loss, names, batch_size, info,
-                warnings, adamw)
+                warnings, adamw, probing)
 
 
 def _adamw_layers(network: nn.Module, chosen: list[Layer], moments: dict[str, Preconditioner],
@@ -266,6 +279,7 @@ def finish(weights: dict[str, tuple[str, torch.Tensor]], penalty: float, sums: S
     then the relations and metrics of every layer (`weights`: name → (kind, W); `adamw`:
     name → (√v̂ + ε as W, λ), for `fact_adamw`)."""
     final, warnings = sums.finalize(), list(warnings)
+    info = {**info, **_probed(final, info, warnings)}
     weight_decay = info["weight_decay"]
     names, alpha, max_vocab = tuple(info["relations"]), info["alpha"], info["max_vocab"]
     results = [_layer_result(name, kind, W, final, weight_decay, alpha, names, max_vocab,
@@ -279,6 +293,20 @@ def finish(weights: dict[str, tuple[str, torch.Tensor]], penalty: float, sums: S
     return Analysis(results, info, warnings)
 
 
+def _probed(sums: Sums, info: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+    """What the AGOP family ran over (`agop_probes`: S or "exact"; `agop_outputs`: outputs per
+    sample), with the notice when the default chose a sketch."""
+    if sums.outputs is None:  # no AGOP was summed
+        return {"agop_probes": None, "agop_outputs": None}
+    if sums.probes is not None and info.get("agop_probes_requested", "auto") == "auto":
+        warnings.append(f"AGOP family sketched: {sums.outputs} outputs per sample, "
+                        f"{sums.probes} {info.get('probe_kind')} probes (seed "
+                        f"{info.get('probe_seed')}), ± = jackknife s.e. over {GROUPS} groups; "
+                        "--agop-probes exact sums every output")
+    return {"agop_probes": "exact" if sums.probes is None else sums.probes,
+            "agop_outputs": sums.outputs}
+
+
 def not_analyzed(model: nn.Module) -> list[dict[str, Any]]:
     """The weight matrices (≥ 2-d parameters) factcli cannot read as a matrix, with why."""
     return [{"parameter": p.path, "kind": p.kind, "shape": list(p.shape), "reason": p.reason}
@@ -287,7 +315,8 @@ def not_analyzed(model: nn.Module) -> list[dict[str, Any]]:
 
 def _stream(network: nn.Module, chosen: list[Layer], data: Dataset, x: torch.Tensor,
             labels: torch.Tensor, weights: torch.Tensor | None, loss: str, agop: bool,
-            per_use: bool, batch_size: int, progress: Callable[[int, int], None] | None) -> Sums:
+            per_use: bool, batch_size: int, progress: Callable[[int, int], None] | None,
+            probing: Probing = Probing(), first: int = 0) -> Sums:
     """One pass over the samples `x` in batches: their raw sums (see `Plan`)."""
     parameter = next(network.parameters())
     device, dtype = parameter.device, parameter.dtype
@@ -305,7 +334,8 @@ def _stream(network: nn.Module, chosen: list[Layer], data: Dataset, x: torch.Ten
         batch_w = None if weights is None else weights[start:stop].to(device)
         try:
             _, output = accumulate(network, chosen, sums, batch_x, batch_t, batch_w, loss,
-                                   outputs=agop, per_use=per_use)
+                                   outputs=agop, per_use=per_use, probing=probing,
+                                   first=first + start)
         except (RuntimeError, IndexError, TypeError, ValueError) as error:
             if start == 0:
                 first = str(error).strip().splitlines()[0] if str(error).strip() else \
@@ -331,18 +361,65 @@ def _layer_result(name: str, kind: str, W: torch.Tensor, sums: Sums,
     kept, note = _available(name, kind, W, sums, names, max_vocab, warnings, adamw is not None)
     matrices, fitted = rel.compute(W, total, weight_decay, alpha, kept, adamw)
     matrices = {key: value.cpu() for key, value in matrices.items()}
-    metrics = {}
-    for relation in kept:
-        reference, candidate = matrices[rel.reference(relation)], matrices[relation]
-        values = {metric: fn(reference, candidate) for metric, fn in METRICS.items()}
-        scaled = relation in rel.NEEDS_OPTIMIZER or (relation in rel.FACT_FAMILY
-                                                     and rel.has_scale(weight_decay))
-        if not scaled:
-            values["rel_err"] = math.nan
-        metrics[relation] = values
+    metrics = {relation: _metrics(matrices, relation, weight_decay) for relation in kept}
+    if sums.probes is not None:
+        _add_errors(metrics, W, total, weight_decay, alpha, kept)
+        if total.groups is None and rel.AGOP_FAMILY.intersection(kept):
+            note = "; ".join(filter(None, [note, f"no s.e. ({GROUPS} group sums of "
+                                                f"{W.shape[0]}×{W.shape[0]} too large)"]))
     return LayerResult(name, W.shape[1], W.shape[0],
                        rel.stationarity(W, total, weight_decay), matrices, metrics, *fitted,
                        kind=kind, uses=sums.uses[name], note=note)
+
+
+def _metrics(matrices: dict[str, torch.Tensor], relation: str, weight_decay: float | None
+             ) -> dict[str, float]:
+    """Every metric of one relation against its reference (rel_err only for the FACT family
+    with a known λ, and fact_adamw)."""
+    reference, candidate = matrices[rel.reference(relation)], matrices[relation]
+    values = {metric: fn(reference, candidate) for metric, fn in METRICS.items()}
+    scaled = relation in rel.NEEDS_OPTIMIZER or (relation in rel.FACT_FAMILY
+                                                 and rel.has_scale(weight_decay))
+    if not scaled:
+        values["rel_err"] = math.nan
+    return values
+
+
+def _add_errors(metrics: dict[str, dict[str, float]], W: torch.Tensor, total: LayerSums,
+                weight_decay: float | None, alpha: float, kept: tuple[str, ...]) -> None:
+    """`<metric>_se` of every relation of a sketched analysis: the delete-one-group jackknife
+    over the GROUPS groups of probes for those built from the Jacobians (relations.md §8), 0
+    for the others (no probe enters them), NaN where the metric is undefined or the layer kept
+    no group sums."""
+    sketched = tuple(r for r in kept if r in rel.AGOP_FAMILY)
+    replicas = []
+    sketched_sum = None if total.groups is None else total.groups.sum(dim=0)
+    for group in range(GROUPS if total.groups is not None and sketched else 0):
+        # the probed share Σ_h B_h re-estimated without group g; exact shares (uses shared
+        # by the batch) stay as they are
+        rest = total.GG + (sketched_sum - GROUPS * total.groups[group]) / (GROUPS - 1)
+        matrices, _ = rel.compute(W, LayerSums(total.grad, total.gg, rest), weight_decay, alpha,
+                                  sketched)
+        replicas.append({r: _metrics(matrices, r, weight_decay) for r in sketched})
+    for relation, values in metrics.items():
+        for metric in list(values):
+            if relation not in sketched:
+                error = 0.0 if values[metric] == values[metric] else math.nan
+            elif replicas:
+                error = jackknife([replica[relation][metric] for replica in replicas])
+            else:
+                error = math.nan
+            values[f"{metric}_se"] = error
+
+
+def jackknife(replicas: list[float]) -> float:
+    """The delete-one jackknife standard error from the G leave-one-group-out values:
+    √((G−1)/G · Σ (θ₋g − mean)²); NaN when any is undefined."""
+    values = torch.tensor(replicas, dtype=torch.float64)
+    if not torch.isfinite(values).all():
+        return math.nan
+    count = len(values)
+    return float(((count - 1) / count * (values - values.mean()).pow(2).sum()).sqrt())
 
 
 def _available(name: str, kind: str, W: torch.Tensor, sums: Sums, names: tuple[str, ...],

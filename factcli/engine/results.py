@@ -71,14 +71,26 @@ class Analysis:
         return views[kind](self, **options)
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per (layer, relation), the fields of interfaces.md §4 (NaN = missing)."""
+        """One dict per (layer, relation), the fields of interfaces.md §4 (NaN = missing); a
+        sketched analysis adds `<metric>_se` and the probes, a restricted one `outputs`."""
         return [
             {"checkpoint": self.info.get("checkpoint"), "layer": layer.name, "relation": name,
              **values, "stationarity": layer.stationarity,
              "in_features": layer.in_features, "out_features": layer.out_features,
-             "best_alpha": layer.best_alpha, "best_alpha_pearson": layer.best_alpha_pearson}
+             "best_alpha": layer.best_alpha, "best_alpha_pearson": layer.best_alpha_pearson,
+             **self.probing()}
             for layer in self.layers for name, values in layer.metrics.items()
         ]
+
+    def probing(self) -> dict[str, Any]:
+        """How the AGOP family was summed, when that is not exactly over every output."""
+        info, fields = self.info, {}
+        if info.get("agop_probes") not in (None, "exact"):
+            fields.update({key: info.get(key) for key in ("agop_probes", "probe_kind",
+                                                          "probe_seed", "probe_groups")})
+        if info.get("outputs", "all") != "all":
+            fields["outputs"] = info["outputs"]
+        return fields
 
     def to_pandas(self) -> pandas.DataFrame:
         """The rows as a tidy DataFrame (needs pandas: pip install 'factcli[pandas]')."""

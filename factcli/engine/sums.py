@@ -9,6 +9,9 @@ function of W and three sums, each term weighted by the sample weight w_i:
     gg   = Σ_i w_i Σ_rows g gᵀ    (m×m): bENFA, and ENFA = Wᵀ gg W
     GG   = Σ_i w_i Σ_rows Gᵀ G    (m×m): bAGOP, and AGOP = Wᵀ GG W
 
+With random probes (sketch.py) GG is an unbiased estimate, and `groups` (GROUPS × m × m) holds
+the share of each independent group of probes (GG = their sum), for the jackknife error bars.
+
 A row is one position of one use (a token, a patch, a second call of a shared layer). Which
 axis of z is the batch never matters: g and G come from backward passes of losses and probes
 that carry √w_i per sample, so every row arrives already weighted. A use shared by the batch
@@ -32,7 +35,8 @@ from ..errors import FactError
 from .capture import Capture
 from .losses import per_sample_loss
 from .shared import per_sample_products, shared_uses
-from .sketch import basis_probes, block_size, probe_products
+from .sketch import (GROUPS, Probing, basis_probes, block_size, has_groups, probe_products,
+                     random_probes, sample_seeds)
 from .uses import Layer
 
 
@@ -41,6 +45,7 @@ class LayerSums:
     grad: torch.Tensor
     gg: torch.Tensor
     GG: torch.Tensor
+    groups: torch.Tensor | None = None  # sketched: GG of each group of probes (Σ = GG)
 
     @classmethod
     def zeros(cls, m: int, k: int, device: torch.device | str = "cpu") -> LayerSums:
@@ -49,7 +54,7 @@ class LayerSums:
         return cls(zero(m, k), zero(m, m), zero(m, m))
 
     def tensors(self) -> list[torch.Tensor]:
-        return [self.grad, self.gg, self.GG]
+        return [self.grad, self.gg, self.GG] + ([] if self.groups is None else [self.groups])
 
 
 @dataclass
@@ -58,7 +63,9 @@ class Sums:
 
     `uses` and `flipped` count a layer's uses (matrix and transposed orientation) in the first
     batch seen; `unseen` names an operation that read a layer's weight in a way capture does not
-    understand (then its AGOP family is not computed)."""
+    understand (then its AGOP family is not computed). `probes` is the number of random
+    probes per sample the AGOP family was sketched with (None: exact, or no AGOP), `outputs`
+    the number of outputs per sample it ran over."""
 
     layers: dict[str, LayerSums]
     loss: torch.Tensor
@@ -69,6 +76,8 @@ class Sums:
     unseen: dict[str, str] = field(default_factory=dict)
     shared: set[str] = field(default_factory=set)
     batches: int = 0
+    probes: int | None = None
+    outputs: int | None = None
 
     @classmethod
     def zeros(cls, layers: list[Layer], device: torch.device | str = "cpu") -> Sums:
@@ -86,6 +95,14 @@ class Sums:
         """Add another shard's totals (same layers) to these."""
         if self.layers.keys() != other.layers.keys():
             raise FactError("cannot merge sums over different layers")
+        if other.batches and self.batches and (self.probes, self.outputs) != (other.probes,
+                                                                              other.outputs):
+            raise FactError("cannot merge sums of differently probed AGOPs")
+        if not self.batches:
+            self.probes, self.outputs = other.probes, other.outputs
+            for mine, theirs in zip(self.layers.values(), other.layers.values()):
+                if theirs.groups is not None and mine.groups is None:
+                    mine.groups = torch.zeros_like(theirs.groups, device=mine.GG.device)
         for mine, theirs in zip(self.tensors(), other.tensors()):
             mine += theirs.to(mine.device)
         for name, count in other.uses.items():
@@ -106,7 +123,7 @@ class Sums:
                   for name, sums in self.layers.items()}
         return Sums(layers, self.loss / total, self.correct / total, self.weight / total,
                     Counter(self.uses), Counter(self.flipped), dict(self.unseen),
-                    set(self.shared), self.batches)
+                    set(self.shared), self.batches, self.probes, self.outputs)
 
 
 def model_output(value) -> torch.Tensor:
@@ -142,14 +159,51 @@ def _add_per_sample(sums: Sums, common: list, losses: torch.Tensor, output: torc
                 _add_product(getattr(sums.layers[use.layer.name], total), rows, rows)
 
 
+def _probe_count(sums: Sums, probing: Probing, output: torch.Tensor) -> int | None:
+    """The random probes per sample for these outputs (None: exact), the same in every batch."""
+    count = probing.count(output.shape[1])
+    if sums.batches and (count, output.shape[1]) != (sums.probes, sums.outputs):
+        raise FactError(f"the model returned {output.shape[1]} outputs per sample in one batch "
+                        f"and {sums.outputs} in another: the AGOP needs the same outputs")
+    sums.probes, sums.outputs = count, output.shape[1]
+    return count
+
+
+def _add_jacobians(uses: list, sums: Sums, output: torch.Tensor, zs: list[torch.Tensor],
+                   root: torch.Tensor | None, probing: Probing, first: int) -> None:
+    """GG += Σ over probes of each use's (∂(vᵀf)/∂z rows)ᵀ(rows): the c unit vectors, or
+    random probes (then also each group's share)."""
+    count = sums.probes
+    block = block_size(output, zs, scaled=root is not None)
+    if count is None:
+        blocks = ((None, probes) for probes in basis_probes(output, root, block))
+    else:
+        blocks = random_probes(output, root, count, probing.kind,
+                               sample_seeds(probing.seed, first, len(output)),
+                               min(block, count // GROUPS))
+    for group, probes in blocks:
+        for use, G in zip(uses, probe_products(output, zs, probes)):
+            rows = use.rows(G, lead=1)
+            total = sums.layers[use.layer.name]
+            product = (rows.mT @ rows).double()
+            total.GG += product
+            if group is not None and has_groups(len(product)):
+                if total.groups is None:
+                    total.groups = product.new_zeros(GROUPS, *product.shape)
+                total.groups[group] += product
+
+
 def accumulate(model: nn.Module, layers: list[Layer], sums: Sums, x: torch.Tensor,
                target: torch.Tensor, weight: torch.Tensor | None, loss: str,
-               outputs: bool = True, per_use: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+               outputs: bool = True, per_use: bool = True, probing: Probing = Probing(),
+               first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Add one batch to `sums`; returns (per-sample loss ℓ_i, model output in its own shape).
 
     `weight` holds the per-sample weights w_i, or None for w_i = 1. With `outputs=False` no
     AGOP is needed and the c-probe batched backward is skipped: one backward of the loss. With
     `per_use=False` (the FACT family only) not even g is: the backward is the parameters' alone.
+    `probing` chooses the outputs and probes of the AGOP family; `first` is the index of the
+    batch's first sample among all analyzed (it seeds that sample's random probes).
     """
     with Capture(layers) as capture, torch.enable_grad():
         output = model_output(model(x))
@@ -166,8 +220,11 @@ def accumulate(model: nn.Module, layers: list[Layer], sums: Sums, x: torch.Tenso
     shared = shared_uses(output, [use.z for use in uses], [use.channel for use in uses])
     common = [use for use, flag in zip(uses, shared) if flag]
     uses = [use for use, flag in zip(uses, shared) if not flag]
-    if common:
-        _add_per_sample(sums, common, losses, output, root, outputs)
+    probed = probing.select(shaped).reshape(len(x), -1) if outputs else output
+    if outputs and per_use and capture.uses:
+        _probe_count(sums, probing, probed)
+    if common:  # exact, also in a sketch: their probes are per sample already
+        _add_per_sample(sums, common, losses, probed, root, outputs)
     zs = [use.z for use in uses]
     options = dict(allow_unused=True, materialize_grads=True)
     if weight is None:  # w_i = 1: one backward gives both ∇_θ Σ ℓ_i and every g
@@ -189,11 +246,7 @@ def accumulate(model: nn.Module, layers: list[Layer], sums: Sums, x: torch.Tenso
         rows = use.rows(g)
         _add_product(sums.layers[use.layer.name].gg, rows, rows)
     if outputs and zs:
-        block = block_size(output, zs, scaled=root is not None)
-        for probes in basis_probes(output, root, block):
-            for use, G in zip(uses, probe_products(output, zs, probes)):
-                rows = use.rows(G, lead=1)
-                _add_product(sums.layers[use.layer.name].GG, rows, rows)
+        _add_jacobians(uses, sums, probed, zs, root, probing, first)
     losses = losses.detach()
     sums.loss += losses.double().sum() if weight is None else (losses.double() *
                                                                weight.double()).sum()

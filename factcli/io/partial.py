@@ -25,6 +25,7 @@ from .. import __version__
 from ..distributed import share
 from ..engine import relations as rel
 from ..engine.analysis import Analysis, Plan, finish
+from ..engine.sketch import GROUPS
 from ..engine.sums import LayerSums, Sums
 from ..errors import FactError
 from .files import atomic_path
@@ -32,8 +33,10 @@ from .files import atomic_path
 FORMAT = "factcli.partial/1"
 # Provenance fields that must be equal in every part (everything that changes the numbers).
 OPTIONS = ("dataset", "n_samples", "n_train", "max_samples", "sample_seed", "loss",
-           "weight_decay", "alpha", "relations", "dtype", "weighted", "model", "max_vocab")
+           "weight_decay", "alpha", "relations", "dtype", "weighted", "model", "max_vocab",
+           "agop_probes_requested", "probe_kind", "probe_seed", "outputs")
 _SUMS = ("grad", "gg", "GG")
+GROUPS_KEY = "GG_groups"  # a sketched AGOP: each group of probes' share of GG
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -87,7 +90,8 @@ def write_partial(path: str | os.PathLike, plan: Plan, sums: Sums, shard: tuple[
             classified=plan.classified, penalty=penalty, weight_sum=float(sums.weight),
             loss_sum=float(sums.loss), correct_sum=float(sums.correct),
             uses=json.dumps(sums.uses), flipped=json.dumps(sums.flipped),
-            unseen=json.dumps(sums.unseen), batches=sums.batches)
+            unseen=json.dumps(sums.unseen), batches=sums.batches,
+            probed=json.dumps({"probes": sums.probes, "outputs": sums.outputs}))
         layers = handle.create_group("layers", track_order=True)
         for name, (kind, W) in weights.items():
             group = layers.create_group(name)
@@ -95,6 +99,8 @@ def write_partial(path: str | os.PathLike, plan: Plan, sums: Sums, shard: tuple[
             group.create_dataset("weight", data=W.cpu().numpy())
             for key in _SUMS:
                 group.create_dataset(key, data=getattr(sums.layers[name], key).cpu().numpy())
+            if sums.layers[name].groups is not None:
+                group.create_dataset(GROUPS_KEY, data=sums.layers[name].groups.cpu().numpy())
 
 
 @dataclass
@@ -103,6 +109,7 @@ class _Part:
     attrs: dict[str, Any]
     options: dict[str, Any]
     layers: dict[str, tuple[str, tuple[int, int]]]  # name → (kind, (m, k))
+    grouped: frozenset[str] = frozenset()  # layers that hold GG_groups
 
     @property
     def shard(self) -> tuple[int, int]:
@@ -160,8 +167,9 @@ def _header(path: str) -> _Part:
             if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
                        for v in attrs[key].values()):
                 raise FactError(f"{path}: attribute {key!r} holds something other than counts")
+        attrs["probed"] = _probed(attrs.get("probed"), path)
         options = attrs["options"]
-        layers = {}
+        layers, grouped = {}, set()
         for name, group in handle.get("layers", {}).items():
             shapes = {key: group[key].shape if isinstance(group.get(key), h5py.Dataset) else None
                       for key in ("weight", *_SUMS)}
@@ -174,9 +182,32 @@ def _header(path: str) -> _Part:
             if not isinstance(kind, str):
                 raise FactError(f"{path}: layer {name!r} lacks its kind")
             layers[name] = (kind, weight)
+            groups = group.get(GROUPS_KEY)
+            if groups is not None:
+                if not isinstance(groups, h5py.Dataset) or groups.shape != (GROUPS,
+                                                                            *(weight[0],) * 2):
+                    raise FactError(f"{path}: layer {name!r} {GROUPS_KEY} is not {GROUPS} "
+                                    f"matrices of {weight[0]}×{weight[0]}")
+                grouped.add(name)
         if not layers:
             raise FactError(f"{path}: no layers")
-    return _Part(path, attrs, options, layers)
+    return _Part(path, attrs, options, layers, frozenset(grouped))
+
+
+def _probed(text: Any, path: str) -> dict[str, int | None]:
+    """The `probed` attribute: how many probes and outputs the AGOP sums ran over (absent in
+    parts written before the sketch: exact)."""
+    if text is None:
+        return {"probes": None, "outputs": None}
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict) or set(value) != {"probes", "outputs"} or not all(
+            v is None or isinstance(v, int) and not isinstance(v, bool) and v >= 1
+            for v in value.values()):
+        raise FactError(f"{path}: attribute 'probed' must be JSON {{probes, outputs}} counts")
+    return value
 
 
 def _check_together(parts: list[_Part]) -> None:
@@ -196,7 +227,7 @@ def _check_together(parts: list[_Part]) -> None:
             raise FactError(f"{part.path} and {first.path} differ in {key} "
                             f"({part.options.get(key)!r} vs {first.options.get(key)!r}); merge "
                             "only the parts of one run")
-        if part.layers != first.layers:
+        if part.layers != first.layers or part.grouped != first.grouped:
             raise FactError(f"{part.path} and {first.path} hold different layers")
         if part.shard[1] != first.shard[1]:
             raise FactError(f"{part.path} is shard {part.shard[0]}/{part.shard[1]} but "
@@ -230,17 +261,21 @@ def _read_sums(part: _Part) -> tuple[dict[str, tuple[str, torch.Tensor]], Sums]:
     with _open(part.path) as handle:
         for name, (kind, _) in part.layers.items():
             group = handle["layers"][name]
-            arrays = {key: group[key][()] for key in ("weight", *_SUMS)}
+            keys = ("weight", *_SUMS, *((GROUPS_KEY,) if name in part.grouped else ()))
+            arrays = {key: group[key][()] for key in keys}
             for key, array in arrays.items():
                 if array.dtype != np.float64 or not np.isfinite(array).all():
                     raise FactError(f"{part.path}: layer {name!r} {key} is not finite float64")
             weights[name] = (kind, torch.from_numpy(arrays["weight"]))
-            layers[name] = LayerSums(*(torch.from_numpy(arrays[key]) for key in _SUMS))
+            layers[name] = LayerSums(*(torch.from_numpy(arrays[key]) for key in _SUMS),
+                                     torch.from_numpy(arrays[GROUPS_KEY])
+                                     if GROUPS_KEY in arrays else None)
     a = part.attrs
     scalars = [torch.tensor(a[key], dtype=torch.float64)
                for key in ("loss_sum", "correct_sum", "weight_sum")]
     return weights, Sums(layers, *scalars, Counter(a["uses"]), Counter(a["flipped"]),
-                         dict(a["unseen"]), a["batches"])
+                         dict(a["unseen"]), a["batches"], a["probed"]["probes"],
+                         a["probed"]["outputs"])
 
 
 def merge_partials(paths: list[str]) -> Analysis:

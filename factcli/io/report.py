@@ -32,6 +32,10 @@ DEFAULT_MATRICES = ("nfm", "bnfm", "fact", "nfa")
 MATRIX_DTYPES = ("float32", "float64")
 _METRIC_COLUMNS = ("pearson", "cosine", "rel_err", "stationarity", "best_alpha",
                    "best_alpha_pearson")
+ERROR_COLUMNS = ("pearson_se", "cosine_se", "rel_err_se")  # a sketched AGOP's jackknife s.e.
+# How the AGOP family was summed (root attributes; text, "" = not recorded)
+_PROBE_ATTRS = ("agop_probes", "probe_kind", "probe_seed", "probe_groups", "outputs",
+                "agop_outputs")
 
 
 def choose_matrices(text: str | None) -> tuple[str, ...]:
@@ -105,17 +109,23 @@ def write_report(path: str | os.PathLike, analysis: Analysis, command: str = "",
         root["world_size"] = int(info.get("world_size", 1))  # processes or shards summed
         for key in _JSON_ATTRS:
             root[key] = json.dumps(info.get(key) if key != "warnings" else analysis.warnings)
+        for key in _PROBE_ATTRS:
+            value = info.get(key)
+            root[key] = "" if value is None else str(value)
         pairs = [(layer, relation) for layer in analysis.layers for relation in layer.metrics]
+        errors = ERROR_COLUMNS if any(key in layer.metrics[r] for layer, r in pairs
+                                      for key in ERROR_COLUMNS) else ()
         row_type = np.dtype(
             [("layer", _text([layer.name for layer, _ in pairs]).dtype),
              ("relation", _text([r for _, r in pairs]).dtype)]
             + [(key, "f8") for key in _METRIC_COLUMNS]
-            + [("in_features", "i8"), ("out_features", "i8")])
+            + [("in_features", "i8"), ("out_features", "i8")] + [(key, "f8") for key in errors])
         table = np.array([(layer.name.encode(), relation.encode(),
                            *[layer.metrics[relation][k] for k in ("pearson", "cosine", "rel_err")],
                            layer.stationarity, layer.best_alpha, layer.best_alpha_pearson,
-                           layer.in_features, layer.out_features) for layer, relation in pairs],
-                         dtype=row_type)
+                           layer.in_features, layer.out_features,
+                           *[layer.metrics[relation].get(k, math.nan) for k in errors])
+                          for layer, relation in pairs], dtype=row_type)
         metrics = handle.create_dataset("metrics", data=table)
         metrics.attrs["description"] = ("one row per (layer, relation); strings are "
                                         "fixed-length UTF-8; NaN = not defined")
@@ -180,11 +190,16 @@ def read_report(path: str | os.PathLike) -> Analysis:
         info["checkpoint_sha256"] = info.get("checkpoint_sha256") or None
         if isinstance(info.get("weight_decay"), float) and math.isnan(info["weight_decay"]):
             info["weight_decay"] = None
+        for key in _PROBE_ATTRS:  # text as written: "" = not recorded, counts as integers
+            value = info.get(key)
+            if isinstance(value, str) and value.isdigit() and len(value) < 19 and key != "outputs":
+                value = validate.integer(int(value), f"{where}: attribute {key!r}", 0)
+            info[key] = None if value == "" else value
         metrics: dict[str, dict[str, dict[str, float]]] = {}
         if "metrics" in handle:  # string columns: variable-length (older files) or fixed
-            for layer, relation, *values in validate.metrics_table(handle["metrics"], where):
-                metrics.setdefault(layer, {})[relation] = dict(zip(
-                    ("pearson", "cosine", "rel_err"), values))
+            for layer, relation, values in validate.metrics_table(handle["metrics"], where,
+                                                                  ERROR_COLUMNS):
+                metrics.setdefault(layer, {})[relation] = values
         layers = []
         groups = handle.get("layers", {})
         if not isinstance(groups, h5py.Group | dict):

@@ -307,15 +307,18 @@ def layer_attrs(attrs: Mapping[str, Any], key: str, where: str) -> dict[str, Any
 METRIC_FIELDS = ("layer", "relation", "pearson", "cosine", "rel_err")
 
 
-def metrics_table(dataset: Any, where: str) -> list[tuple[str, str, float, float, float]]:
-    """The /metrics compound table as (layer, relation, pearson, cosine, rel_err) rows."""
+def metrics_table(dataset: Any, where: str, optional: tuple[str, ...] = ()
+                  ) -> list[tuple[str, str, dict[str, float]]]:
+    """The /metrics compound table as (layer, relation, {pearson, cosine, rel_err and those of
+    the `optional` float columns the table has}) rows."""
     if not hasattr(dataset, "dtype"):
         raise FactError(f"{where}: /metrics must be a table")
     names = getattr(dataset.dtype, "names", None) or ()
     if not set(METRIC_FIELDS) <= set(names) or len(dataset.shape) != 1:
         raise FactError(f"{where}: /metrics must be a table with the columns "
                         f"{', '.join(METRIC_FIELDS)}")
-    for column in ("pearson", "cosine", "rel_err"):
+    columns = ("pearson", "cosine", "rel_err", *(name for name in optional if name in names))
+    for column in columns:
         if dataset.dtype[column].kind != "f":
             raise FactError(f"{where}: /metrics column {column!r} must hold numbers")
     check_memory(dataset.size * dataset.dtype.itemsize * 4, f"{where}: /metrics")
@@ -323,7 +326,7 @@ def metrics_table(dataset: Any, where: str) -> list[tuple[str, str, float, float
     for row in dataset[()]:
         rows.append((text(row["layer"], f"{where}: /metrics layer"),
                      text(row["relation"], f"{where}: /metrics relation"),
-                     float(row["pearson"]), float(row["cosine"]), float(row["rel_err"])))
+                     {column: float(row[column]) for column in columns}))
     return rows
 
 
