@@ -15,7 +15,7 @@ import torch
 
 from factcli.data.datasets import Dataset
 from factcli.engine.analysis import analyze, prepare
-from factcli.engine.conventions import AGOP_FAMILY, RELATIONS
+from factcli.engine.conventions import AGOP_FAMILY, DEFAULT_RELATIONS
 from factcli.engine.sketch import Probing
 from factcli.errors import FactError
 from factcli.io.report import read_report, write_report
@@ -111,7 +111,7 @@ def test_a_sketch_does_not_depend_on_batches_and_changes_only_the_agop_family():
     exact = wide_plan(agop_probes="exact", relations=None)
     sketched, truth = (p.finish(p.accumulate()) for p in (full, exact))
     for a, b in zip(sketched.layers, truth.layers):
-        for relation in RELATIONS:
+        for relation in DEFAULT_RELATIONS:
             if relation in AGOP_FAMILY:
                 assert relative(a.matrices[relation], b.matrices[relation]) > 1e-6
             else:  # no probe enters them: exact, and their error bars are 0
@@ -195,7 +195,7 @@ def test_outputs_of_a_causal_lm_match_the_oracle_restricted_to_them(outputs, sel
     for layer in result.layers:
         expected = naive_relations(twin, modules[twin_name(layer.name)], tokens, ids,
                                    "next_token", 3e-3, probed=select)
-        for name in ("nfm", "bnfm", *RELATIONS):
+        for name in ("nfm", "bnfm", *DEFAULT_RELATIONS):
             assert relative(layer.matrices[name], expected[name]) < 1e-10, (layer.name, name)
     assert all(row["outputs"] == outputs for row in result.rows())
 

@@ -273,9 +273,10 @@ def _read_sums(part: _Part) -> tuple[dict[str, tuple[str, torch.Tensor]], Sums]:
     a = part.attrs
     scalars = [torch.tensor(a[key], dtype=torch.float64)
                for key in ("loss_sum", "correct_sum", "weight_sum")]
-    return weights, Sums(layers, *scalars, Counter(a["uses"]), Counter(a["flipped"]),
-                         dict(a["unseen"]), a["batches"], a["probed"]["probes"],
-                         a["probed"]["outputs"])
+    return weights, Sums(layers, *scalars, uses=Counter(a["uses"]),
+                         flipped=Counter(a["flipped"]), unseen=dict(a["unseen"]),
+                         batches=a["batches"], probes=a["probed"]["probes"],
+                         outputs=a["probed"]["outputs"])
 
 
 def merge_partials(paths: list[str]) -> Analysis:
