@@ -130,6 +130,25 @@ def test_optimizer_state_files_bare_and_in_a_training_dict(tmp_path, fixed_point
                                                            "--device", "cpu"))
 
 
+def test_a_checkpoints_own_unusable_state_is_a_warning_a_given_one_an_error(tmp_path,
+                                                                            fixed_point):
+    """AdamW without decay (λ = 0) has no fact_adamw: the checkpoint still analyzes."""
+    model, optimizer, _ = fixed_point
+    state = optimizer.state_dict()
+    state["param_groups"] = [{**g, "weight_decay": 0.0} for g in state["param_groups"]]
+    path = tmp_path / "no_decay.pt"
+    torch.save({"format": "factcli.checkpoint/1", "model": MLP, "state_dict": model.state_dict(),
+                "training": {"dataset": SPEC, "loss": "mse", "weight_decay": 0.0,
+                             "optimizer": "adamw"},
+                "resume": {"format": "factcli.resume/1", "optimizer": state}}, path)
+    result = analyze(path, device="cpu")
+    assert all("fact_adamw" not in layer.metrics for layer in result.layers)
+    assert any(w.startswith("fact_adamw not computed") and "weight_decay (λ) must be > 0" in w
+               for w in result.warnings)
+    with pytest.raises(FactError, match="weight_decay"):
+        analyze(path, device="cpu", optimizer_state=state)
+
+
 def test_fact_train_adamw_checkpoint_carries_its_state_to_analyze(tmp_path):
     """`fact train --optimizer adamw` keeps the moments (resume.optimizer); `fact analyze`
     finds them there, and its fact_adamw is the oracle's from those moments."""

@@ -197,8 +197,14 @@ def prepare(
         state = (read_state(optimizer_state), str(optimizer_state)) \
             if isinstance(optimizer_state, (str, os.PathLike)) else \
             (optimizer_state, "the optimizer state")
-    moments = None if state is None else preconditioners(state[0], network, state[1],
-                                                         training.get("optimizer"))
+    moments = None
+    if state is not None:
+        try:
+            moments = preconditioners(state[0], network, state[1], training.get("optimizer"))
+        except FactError as error:  # asked for: an error; found in the checkpoint: a notice
+            if optimizer_state is not None:
+                raise
+            warnings.append(f"fact_adamw not computed: {error}")
     names = rel.check_relations(relations, adamw=bool(moments))
     loss = loss or training.get("loss")
     if not loss:
