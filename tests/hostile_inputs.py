@@ -636,6 +636,41 @@ def make_cases(root: Path) -> list[Case]:  # noqa: C901 - a catalogue, one entry
     add(c, "matrix holds NaN (legal: shown as nan)", "show", edit("mnan.h5", lambda h: (
         h.__delitem__("layers/0/fact"), h["layers/0"].create_dataset(
             "fact", data=np.full((3, 3), np.nan)))), "--matrix", "0", "fact", legal=True)
+
+    def factored(name, left, right, in_features=3):
+        """nfm stored as factors (a group with left, right), as a --max-dense report holds it."""
+        def change(handle):
+            del handle["layers/0/nfm"]
+            handle["layers/0"].attrs["in_features"] = in_features
+            group = handle["layers/0"].create_group("nfm")
+            for key, value in (("left", left), ("right", right)):
+                if isinstance(value, tuple):  # declared, never written
+                    group.create_dataset(key, shape=value, dtype="f8", chunks=(1000, 1))
+                elif value is not None:
+                    group.create_dataset(key, data=value)
+        return edit(name, change)
+
+    add(c, "factored matrix: ok", "show", factored("fok.h5", np.ones((3, 2)), np.ones((3, 2))),
+        "--matrix", "0", "nfm", legal=True)
+    add(c, "factored matrix without right", "show", factored(
+        "fnoright.h5", np.ones((3, 2)), None), "--matrix", "0", "nfm", expect="left, right")
+    add(c, "factors of another side than the layer's", "show", factored(
+        "fside.h5", np.ones((4, 2)), np.ones((4, 2))), "--matrix", "0", "nfm", expect="3×3")
+    add(c, "factors of different ranks", "show", factored(
+        "frank.h5", np.ones((3, 2)), np.ones((3, 1))), "--matrix", "0", "nfm", expect="3×r")
+    add(c, "factor holds NaN", "show", factored(
+        "fnan.h5", np.full((3, 2), np.nan), np.ones((3, 2))), "--matrix", "0", "nfm",
+        expect="NaN")
+    add(c, "factor is 1-D", "show", factored("f1d.h5", np.ones(3), np.ones((3, 2))),
+        "--matrix", "0", "nfm", expect="2-D")
+    add(c, "factor holds text", "show", factored("ftxt.h5", [b"a", b"b", b"c"], np.ones((3, 2))),
+        "--matrix", "0", "nfm")
+    add(c, "factors declared 10⁹×10⁹ rank 2", "show", factored(
+        "fhuge.h5", (10**9, 2), (10**9, 2), in_features=10**9), "--matrix", "0", "nfm")
+    add(c, "factored 100000×100000 (rank 1) past --max-bytes", "show", factored(
+        "fbig.h5", (100000, 1), (100000, 1), in_features=100000), "--matrix", "0", "nfm",
+        expect="--max-bytes")
+    add(c, "--max-bytes 0", "show", ok_report, "--matrix", "0", "nfm", "--max-bytes", "0")
     add(c, "rfm kind without history", "show", report("rfm.h5", lambda h: _report(h, kind="rfm")))
     add(c, "rfm history is a plain array", "show", edit("rfmh.h5", lambda h: (
         h.attrs.__setitem__("kind", "rfm"), h.create_dataset("history", data=np.zeros(3)))))

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import math
+
+import h5py
+import numpy as np
 
 import pytest
 import torch
 
-from factcli.engine.factored import Factored, thin_sides
+from factcli.data.datasets import Dataset
+from factcli.engine.analysis import analyze
+from factcli.engine.conventions import FORWARD, NEEDS_OPTIMIZER, UNFACTORED
+from factcli.engine.factored import Factored, common_basis, thin_sides
 from factcli.engine.metrics import METRICS, cosine, pearson, rel_err
 from factcli.errors import FactError
+from factcli.io.report import read_report, write_report
+from factcli.models.archs import build_model
+from tests.helpers import fact_inprocess
+from tests.oracle import naive_relations, relative
 
 
 def random_factored(p, q, r, seed, shift=0.0):
@@ -71,6 +82,23 @@ def test_rel_err_of_nearly_equal_factored_matrices_is_accurate():
         assert abs(rel_err(a, b) - dense) <= 1e-3 * exact, eta
 
 
+def test_metrics_in_a_common_basis_equal_the_dense_metrics():
+    """Matrices whose factors lie in span[X, S] (as every relation of a thin side does), as
+    `Core`s in one basis of span[X, S, 1]: the same metrics as formed densely."""
+    generator = torch.Generator().manual_seed(8)
+    X, S = (torch.randn(50, 3, dtype=torch.float64, generator=generator) for _ in range(2))
+    mix = torch.randn(3, 3, dtype=torch.float64, generator=generator)
+    a, b = Factored(X, X), Factored(S @ mix, X) + Factored(X, S @ mix) * 0.5
+    basis = common_basis(X, S)
+    assert basis.shape == (50, 7)
+    for name, metric in METRICS.items():
+        dense = metric(a.dense() + 2.0, b.dense())  # + 2: a large entry mean (centering)
+        held = metric((a - (-2.0)).core(basis), b.core(basis))
+        assert close(held, dense, 1e-12), name
+    assert close(a.core(basis).sum(), a.dense().sum()) and close(b.core(basis).norm(),
+                                                                 b.dense().norm())
+
+
 def test_undefined_metrics_are_nan():
     zero = Factored(torch.zeros(5, 2, dtype=torch.float64), torch.ones(5, 2, dtype=torch.float64))
     other = random_factored(5, 5, 2, 7)
@@ -93,3 +121,127 @@ def test_which_side_is_factored():
     assert thin_sides(768, 50_257, 4096) == (True, False)    # an embedding, W = weightᵀ
     assert thin_sides(5_000, 5_000, 4096) == (False, False)  # no thinner side
     assert thin_sides(50_257, 768, None) == (False, False)
+
+
+# ------------------------------------------------------------------ the engine with --max-dense
+
+TINY_LM = {"arch": "transformer", "vocab": 9, "context": 4, "out_features": 9, "d_model": 4,
+           "heads": 2, "depth": 1, "d_mlp": 6, "output": "all", "activation": "gelu",
+           "bias": True}
+
+
+def as_dense(matrix):
+    return matrix.dense() if isinstance(matrix, Factored) else matrix
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    """A tiny causal LM (vocab 9 > d 4) analyzed densely and with max_dense=5, which factors
+    the embedding's forward side, the head's and mlp.0's backward side, mlp.2's forward side."""
+    torch.manual_seed(0)
+    model = build_model(TINY_LM).double().eval()
+    generator = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, 9, (5, 4), generator=generator)
+    ids = torch.randint(0, 9, (5, 4), generator=generator)
+    ids[1, 2:] = -100
+    data = Dataset("test", tokens, ids, n_classes=9)
+    dense, thin = (analyze(model, data, loss="next_token", weight_decay=3e-3, batch_size=2,
+                           max_dense=limit) for limit in (None, 5))
+    return model, data, dense, thin
+
+
+def test_factored_relations_equal_the_dense_ones(tiny_lm):
+    _, _, dense, thin = tiny_lm
+    shapes = {}
+    for full, held in zip(dense.layers, thin.layers, strict=True):
+        projected = held.out_features > max(5, held.in_features)
+        expected = set(full.metrics) - (set(UNFACTORED) if projected else set())
+        assert set(held.metrics) == expected, held.name
+        for relation, values in held.metrics.items():
+            assert values == pytest.approx(full.metrics[relation], abs=1e-10, nan_ok=True), \
+                (held.name, relation)
+        for name, matrix in held.matrices.items():
+            assert relative(as_dense(matrix), full.matrices[name]) < 1e-12, (held.name, name)
+        assert held.best_alpha == full.best_alpha
+        assert held.best_alpha_pearson == pytest.approx(full.best_alpha_pearson, abs=1e-10)
+        assert held.stationarity == full.stationarity
+        shapes[held.name] = sorted(name for name, m in held.matrices.items()
+                                   if isinstance(m, Factored))
+    assert shapes["embed"] == shapes["blocks.0.mlp.2"] == sorted({"nfm", *FORWARD} - NEEDS_OPTIMIZER)
+    assert shapes["head"] == shapes["blocks.0.mlp.0"] == sorted(
+        ("bnfm", "bfact", "bfact_sym", "bfact_sqrt"))
+    assert shapes["pos"] == []
+    for name in ("head", "blocks.0.mlp.0"):
+        assert any(name in line and "bnfa, bagop, benfa not computed" in line
+                   for line in thin.warnings)
+        assert "not computed (" in thin.layer(name).note
+
+
+def test_factored_relations_match_the_oracle(tiny_lm):
+    model, data, _, thin = tiny_lm
+    modules = dict(model.named_modules())
+    for name in ("embed", "head"):
+        expected = naive_relations(model, modules[name], data.x_train, data.y_train,
+                                   "next_token", 3e-3)
+        for relation, matrix in thin.layer(name).matrices.items():
+            assert relative(as_dense(matrix), expected[relation]) < 1e-10, (name, relation)
+
+
+@pytest.fixture(scope="module")
+def reports(tiny_lm, tmp_path_factory):
+    """Both analyses written with every matrix (the factored one as factors), in float64."""
+    _, _, dense, thin = tiny_lm
+    folder = tmp_path_factory.mktemp("reports")
+    paths = folder / "dense.h5", folder / "thin.h5"
+    for path, analysis in zip(paths, (dense, thin)):
+        write_report(path, analysis, matrices="all", matrix_dtype="float64")
+    return paths
+
+
+def test_a_report_stores_factors_and_reads_them_back(tiny_lm, reports):
+    _, _, _, thin = tiny_lm
+    back = read_report(reports[1])
+    with h5py.File(reports[1], "r") as handle:
+        head = handle["layers/head/bnfm"]
+        assert isinstance(head, h5py.Group) and head["left"].shape == (9, 4)
+    for layer in thin.layers:
+        stored = back.layer(layer.name)
+        assert stored.note == layer.note and stored.metrics.keys() == layer.metrics.keys()
+        for relation, values in layer.metrics.items():
+            assert stored.metrics[relation] == pytest.approx(values, rel=0, nan_ok=True)
+        for name, matrix in layer.matrices.items():
+            held = stored.matrices[name]
+            assert isinstance(held, Factored) == isinstance(matrix, Factored), (layer.name, name)
+            assert torch.equal(as_dense(held), as_dense(matrix)), (layer.name, name)
+
+
+@pytest.mark.parametrize("layer,name", [("head", "bfact"), ("embed", "nfa"), ("pos", "fact")])
+def test_show_matrix_of_a_factored_entry_equals_the_dense_one(reports, layer, name):
+    shown = [fact_inprocess("show", path, "--matrix", layer, name, "-f", "tsv")
+             for path in reports]
+    assert all(result.exit_code == 0 for result in shown), shown[1].output
+    dense, thin = (np.loadtxt(io.StringIO(result.stdout)) for result in shown)
+    assert dense.shape == (9, 9) if layer != "pos" else (4, 4)
+    assert np.abs(thin - dense).max() <= 1e-12 * np.abs(dense).max()
+
+
+def test_show_matrix_refuses_to_form_one_past_max_bytes(reports):
+    result = fact_inprocess("show", reports[1], "--matrix", "head", "bnfm", "--max-bytes", "640")
+    assert result.exit_code == 2
+    assert "--max-bytes 640" in result.output and "rank-4 factors" in result.output
+    assert fact_inprocess("show", reports[1], "--matrix", "head", "bnfm", "--max-bytes",
+                          "648").exit_code == 0  # 9×9×8 bytes
+
+
+def test_compare_features_of_factored_entries_against_the_dense_ones(reports):
+    """The head's bNFM stored as factors against the dense one: the same matrix (formed after
+    the size check), so agreement 1 and no angle between their eigenspaces."""
+    from factcli.compare.comparison import compare_features, from_analysis
+
+    dense, thin = (from_analysis(read_report(path), label) for path, label in
+                   zip(reports, ("dense", "thin")))
+    rows = compare_features([dense, thin], matrix="bnfm")
+    assert {row["layer"] for row in rows} >= {"head", "blocks.0.mlp.0"}
+    for row in rows:
+        assert row["pearson"] == pytest.approx(1, abs=1e-12), row["layer"]
+        assert row["overlap"] == pytest.approx(1, abs=1e-9) and row["max_angle"] < 1e-3

@@ -16,9 +16,14 @@ from torch import nn
 
 from factcli.data.datasets import Dataset
 from factcli.engine.analysis import analyze
-from factcli.engine.relations import DEFAULT_RELATIONS
+from factcli.engine.factored import Factored
+from factcli.engine.relations import DEFAULT_RELATIONS, FORWARD
 from tests.critical import train_to_critical
 from tests.oracle import naive_relations, relative
+
+
+def as_dense(matrix):
+    return matrix.dense() if isinstance(matrix, Factored) else matrix
 
 
 class Conv1D(nn.Module):
@@ -268,15 +273,21 @@ def test_embedding_with_a_tied_head():
     assert relative(expected["fact_uses"], expected["fact"]) > 1e-3
 
 
-def test_embedding_forward_relations_beyond_the_vocabulary_limit():
+def test_embedding_forward_relations_beyond_max_dense_are_factored():
+    """vocab 7 > max_dense 5: the forward (vocab×vocab) relations are thin factors of the same
+    matrices, tied head included; nothing is dropped (its backward side is d×d)."""
     torch.manual_seed(4)
     model = TiedEmbedding().double().eval()
     data = data_for(torch.randint(0, 7, (6, 3)), classes=7)
-    result = analyze(model, data, loss="cross_entropy", weight_decay=1e-3, max_vocab=5)
-    wte = result.layer("wte")
-    assert set(wte.metrics) == {"bfact", "bfact_sym", "bfact_sqrt", "bnfa", "bagop", "benfa"}
-    assert any("vocabulary 7 > 5" in message for message in result.warnings)
-    assert len(result.layer("mix").metrics) == len(DEFAULT_RELATIONS)
+    dense, thin = (analyze(model, data, loss="cross_entropy", weight_decay=1e-3, max_dense=limit)
+                   for limit in (None, 5))
+    wte = thin.layer("wte")
+    assert set(wte.metrics) == set(DEFAULT_RELATIONS) and "forward side 7 > --max-dense" in wte.note
+    assert all(isinstance(wte.matrices[name], Factored) for name in ("nfm", *set(FORWARD) & set(DEFAULT_RELATIONS)))
+    for name in ("nfm", "bnfm", *DEFAULT_RELATIONS):
+        assert relative(as_dense(wte.matrices[name]), dense.layer("wte").matrices[name]) < 1e-12
+        assert wte.metrics.get(name) == pytest.approx(dense.layer("wte").metrics.get(name),
+                                                      abs=1e-12, nan_ok=True)
 
 
 def test_a_linear_used_twice():

@@ -439,3 +439,35 @@ def test_report_of_a_default_report_recomputes_the_alpha_view(run, tmp_path):
     moved.info["checkpoint"] = str(tmp_path / "gone.pt")
     page = html_report([moved])
     assert "NFA power α: not drawn" in page and "--matrices nfm,agop" in page
+
+
+@pytest.mark.parametrize("hide_diagonal", [False, True])
+def test_a_factored_matrix_is_drawn_from_its_factors_as_the_dense_one(hide_diagonal):
+    from factcli.engine.factored import Factored
+
+    generator = torch.Generator().manual_seed(0)
+    matrix = Factored(torch.randn(23, 3, dtype=torch.float64, generator=generator),
+                      torch.randn(23, 3, dtype=torch.float64, generator=generator))
+    for limit in (5, 8, 23):  # blocks of 5 (a short last one), of 3, none
+        shown, block = figures._shown(matrix, hide_diagonal, limit, 0.9)
+        expected, expected_block = figures._shown(matrix.dense(), hide_diagonal, limit, 0.9)
+        assert block == expected_block
+        np.testing.assert_allclose(shown, expected, rtol=0, atol=1e-12)
+
+
+def test_the_alpha_view_of_a_factored_agop_equals_the_dense_one():
+    from factcli.data.datasets import Dataset
+    from factcli.models.archs import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"arch": "transformer", "vocab": 9, "context": 3, "out_features": 9,
+                         "d_model": 4, "heads": 2, "depth": 1, "output": "all"}).double()
+    tokens = torch.randint(0, 9, (4, 3))
+    data = Dataset("test", tokens, torch.randint(0, 9, (4, 3)), n_classes=9)
+    dense, thin = (analyze(model, data, loss="next_token", weight_decay=1e-3, max_dense=limit,
+                           layers=["embed"], relations=["agop", "nfa"]) for limit in (None, 5))
+    from factcli.engine.factored import Factored
+
+    assert isinstance(thin.layer("embed").matrices["agop"], Factored)
+    expected, curves = figures.alpha_curves(dense), figures.alpha_curves(thin)
+    np.testing.assert_allclose(curves["embed"][1], expected["embed"][1], rtol=0, atol=1e-10)

@@ -82,7 +82,7 @@ def progress_bar(label: str):
 
 
 def _options(arch, model, loss, weight_decay, alpha, relations, layers, batch_size, max_samples,
-             seed, dtype, data_dir, trust_model_code, offline, max_vocab,
+             seed, dtype, data_dir, trust_model_code, offline, max_dense,
              optimizer_state=None, **probing) -> dict:
     """The keyword arguments of `prepare`/`analyze` from the command-line options (`probing`:
     agop_probes, probe_kind, probe_seed, outputs)."""
@@ -91,7 +91,7 @@ def _options(arch, model, loss, weight_decay, alpha, relations, layers, batch_si
                 batch_size=batch_size, max_samples=max_samples, seed=seed, dtype=dtype,
                 data_dir=data_dir, model=model_overrides(arch, model),
                 trust_model_code=trust_model_code, offline=offline or None,
-                max_vocab=max_vocab or None, optimizer_state=optimizer_state)
+                max_dense=max_dense or None, optimizer_state=optimizer_state)
 
 
 def _said(checkpoint: str, result_info: dict, layers: int, started: float,
@@ -106,12 +106,12 @@ def _said(checkpoint: str, result_info: dict, layers: int, started: float,
 
 def run_analysis(checkpoint: str, data, data_dir, arch, model, loss, weight_decay, alpha,
                  relations, layers, device, batch_size, max_samples, seed, dtype,
-                 trust_model_code=False, offline=False, max_vocab=4096):
+                 trust_model_code=False, offline=False, max_dense=4096):
     """`compare`'s analysis in this one process: load, analyze with a progress bar, warn."""
     from ..engine.analysis import analyze
 
     options = _options(arch, model, loss, weight_decay, alpha, relations, layers, batch_size,
-                       max_samples, seed, dtype, data_dir, trust_model_code, offline, max_vocab)
+                       max_samples, seed, dtype, data_dir, trust_model_code, offline, max_dense)
     started = time.perf_counter()
     with checkpoint_source(checkpoint) as path, progress_bar(Path(checkpoint).name) as progress:
         result = analyze(path, data, device=device, progress=progress, **options)
@@ -215,9 +215,10 @@ def analyze_command(
     plot: Annotated[Optional[Path], typer.Option(
         help="Also draw the per-layer agreement bars here (.png, .svg, .pdf; needs "
              "factcli[plot]).")] = None,
-    max_vocab: Annotated[int, typer.Option(
-        help="Largest embedding vocabulary whose forward (vocab×vocab) relations are computed; "
-        "0: no limit.")] = 4096,
+    max_dense: Annotated[int, typer.Option(
+        help="Largest side of a relation matrix formed densely; a larger one (an embedding's "
+        "vocab×vocab forward, an LM head's backward) is held as thin factors, its metrics "
+        "computed from them; 0: always dense.")] = 4096,
     agop_probes: Annotated[Optional[str], typer.Option(
         help="exact, or S random probes per sample (a multiple of 8) for the AGOP family: an "
         "unbiased sketch with ± standard errors (default: exact up to 256 outputs per sample, "
@@ -255,8 +256,8 @@ def analyze_command(
     stored = check_outputs(format, report, matrices, no_matrices, matrix_dtype)
     Probing.parse(agop_probes, probe_kind, probe_seed, outputs)  # before any work
     several = place is not None or (nproc or 1) > 1
-    if max_vocab < 0:
-        raise FactError(f"--max-vocab must be 0 (no limit) or positive (got {max_vocab})")
+    if max_dense < 0:
+        raise FactError(f"--max-dense must be 0 (always dense) or positive (got {max_dense})")
     if nproc is not None and nproc < 1:
         raise FactError(f"--nproc must be positive (got {nproc})")
     if several and checkpoint == "-":
@@ -280,7 +281,7 @@ def analyze_command(
     output = partial if partial is not None else report
     options = _options(arch, model, loss, weight_decay, alpha, relations, layers, batch_size,
                        max_samples, seed, dtype, data_dir, trust_model_code, offline,
-                       max_vocab, optimizer_state, agop_probes=agop_probes,
+                       max_dense, optimizer_state, agop_probes=agop_probes,
                        probe_kind=probe_kind, probe_seed=probe_seed, outputs=outputs)
     started = time.perf_counter()
     with checkpoint_source(checkpoint) as path, progress_bar(Path(checkpoint).name) as progress:

@@ -30,6 +30,9 @@ def show_command(
         metavar="LAYER RELATION", show_default=False)] = None,
     out_path: Annotated[Optional[Path], typer.Option(
         "--out", help="Write the --matrix to this .npy file instead of printing it.")] = None,
+    max_bytes: Annotated[int, typer.Option(
+        help="Largest --matrix formed (float64 bytes): one stored as thin factors, e.g. an LM "
+        "head's vocab×vocab bnfm, is materialised only below it.")] = 2**30,
 ) -> None:
     """Print a stored report without recomputing: the rows `fact analyze` printed, an RFM
     report's history, or one matrix (--matrix LAYER RELATION [--out m.npy])."""
@@ -40,9 +43,11 @@ def show_command(
         raise FactError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
     if out_path is not None and not matrix:
         raise FactError("--out exports a matrix: add --matrix LAYER RELATION")
+    if max_bytes < 1:
+        raise FactError(f"--max-bytes must be positive (got {max_bytes})")
     analysis = read_report(report)
     if matrix:
-        show_matrix(analysis, *matrix, format, out_path)
+        show_matrix(analysis, *matrix, format, out_path, max_bytes)
     elif analysis.info.get("kind") == "rfm":
         show_history(report, analysis.info, format)
     else:
@@ -50,8 +55,9 @@ def show_command(
 
 
 def show_matrix(analysis: Analysis, layer_name: str, name: str, format: str,
-                path: Path | None) -> None:
-    """Print one stored matrix (rounded table, full-precision tsv, JSON rows) or save it."""
+                path: Path | None, max_bytes: int = 2**30) -> None:
+    """Print one stored matrix (rounded table, full-precision tsv, JSON rows) or save it; a
+    matrix stored as factors is formed first, if its p×q float64 entries fit `max_bytes`."""
     import numpy as np
 
     try:
@@ -62,7 +68,17 @@ def show_matrix(analysis: Analysis, layer_name: str, name: str, format: str,
     if name not in layer.matrices:
         held = ", ".join(layer.matrices) or "none (written with --no-matrices?)"
         raise FactError(f"layer {layer_name!r} stores no {name!r} matrix; stored: {held}")
-    values = layer.matrices[name].numpy()
+    from ..engine.factored import Factored
+
+    stored = layer.matrices[name]
+    p, q = stored.shape
+    factored = isinstance(stored, Factored)
+    if 8 * p * q > max_bytes:
+        held = f"stored as rank-{stored.rank} factors" if factored else "stored densely"
+        raise FactError(f"{name} of layer {layer_name} is {p}×{q} ({8 * p * q} bytes as "
+                        f"float64, {held}), more than --max-bytes {max_bytes}; raise "
+                        "--max-bytes to form it")
+    values = (stored.dense(f"{name} of layer {layer_name}") if factored else stored).numpy()
     if path is not None:
         from ..io.files import atomic_path
 

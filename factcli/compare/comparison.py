@@ -360,7 +360,11 @@ def stored_matrix(source: Source, layer: str, name: str) -> torch.Tensor:
         why = "JSON lines carry no matrices" if not source.matrices else \
             "written without matrices?" if not held else f"it holds {', '.join(held)}"
         raise FactError(f"{source.label} has no {name} matrix for layer {layer!r} ({why})")
-    return held[name]
+    from ..engine.factored import Factored
+
+    matrix = held[name]  # eigenspaces need the matrix: one held as factors is formed, size-checked
+    return matrix.dense(f"{name} of layer {layer} of {source.label}") \
+        if isinstance(matrix, Factored) else matrix
 
 
 def weight_features(model: torch.nn.Module, label: str) -> Source:

@@ -21,8 +21,9 @@ from ..io.optimizer import Preconditioner, preconditioners, read_state
 from ..models.archs import check_finite
 from . import relations as rel
 from .device import resolve_device, resolve_dtype
+from .factored import thin_sides
 from .losses import check_loss, sample_accuracy
-from .metrics import METRICS
+from .metrics import METRICS, Matrix
 from .results import Analysis, LayerResult
 from .sketch import GROUPS, Probing
 from .sums import LayerSums, Sums, accumulate
@@ -115,7 +116,8 @@ class Plan:
         return _stream(self.network, self.layers, self.data, self.x[part], self.labels[part],
                        weights, self.loss, rel.needs_agop(self.relations),
                        bool(rel.PER_USE.intersection(self.relations)), self.batch_size, progress,
-                       self.probing, part.indices(len(self.x))[0])
+                       self.probing, part.indices(len(self.x))[0],
+                       projected(self.layers, self.info["max_dense"]))
 
     def weight_matrices(self) -> dict[str, tuple[str, torch.Tensor]]:
         """(kind, W in float64, as the relations read it) of each analyzed layer, by name."""
@@ -148,7 +150,7 @@ def prepare(
     data_dir: str | os.PathLike | None = None,
     offline: bool | None = None,
     model: dict[str, Any] | None = None,
-    max_vocab: int | None = 4096,
+    max_dense: int | None = 4096,
     trust_model_code: bool = False,
     optimizer_state: str | os.PathLike | dict[str, Any] | None = None,
     agop_probes: int | str | None = None,
@@ -163,8 +165,10 @@ def prepare(
     sample) or sketched with `agop_probes` random probes of `probe_kind` seeded by
     `probe_seed` (sketch.py; the default above 256 outputs: 64 probes).
 
-    An embedding's forward relations (vocab × vocab) are computed only up to `max_vocab`
-    (None: always). A model factory named inside a checkpoint file runs only if `model` names
+    A relation matrix whose side exceeds `max_dense` (an embedding's vocab × vocab forward
+    ones, an LM head's backward ones) is held as thin factors (`Factored`, None: never); see
+    `factored.thin_sides`. A model factory named inside a checkpoint file runs only if `model`
+    names
     it too or `trust_model_code=True` (it is code chosen by whoever wrote the file).
     `optimizer_state` (a `state_dict`, or a `.pt` file holding one; default: the AdamW state a
     `fact train` checkpoint carries) gives `fact_adamw` (relations.md §7).
@@ -254,7 +258,7 @@ def prepare(
         sample_seed=seed, loss=loss, weight_decay=weight_decay, alpha=alpha, relations=list(names),
         device=str(run_device), dtype=str(run_dtype).removeprefix("torch."),
         torch_version=torch.__version__, mode="eval", weighted=data.weights is not None,
-        training=training, not_analyzed=not_analyzed(network), max_vocab=max_vocab, world_size=1,
+        training=training, not_analyzed=not_analyzed(network), max_dense=max_dense, world_size=1,
         optimizer_state=None if state is None else state[1], **probing.record(),
     )
     return Plan(network, chosen, data, x, labels, weights, loss, names, batch_size, info,
@@ -287,8 +291,8 @@ def finish(weights: dict[str, tuple[str, torch.Tensor]], penalty: float, sums: S
     final, warnings = sums.finalize(), list(warnings)
     info = {**info, **_probed(final, info, warnings)}
     weight_decay = info["weight_decay"]
-    names, alpha, max_vocab = tuple(info["relations"]), info["alpha"], info["max_vocab"]
-    results = [_layer_result(name, kind, W, final, weight_decay, alpha, names, max_vocab,
+    names, alpha, max_dense = tuple(info["relations"]), info["alpha"], info["max_dense"]
+    results = [_layer_result(name, kind, W, final, weight_decay, alpha, names, max_dense,
                              warnings, (adamw or {}).get(name))
                for name, (kind, W) in weights.items()]
     data_loss = float(final.loss)
@@ -319,15 +323,22 @@ def not_analyzed(model: nn.Module) -> list[dict[str, Any]]:
             for p in parameters(model) if p.is_matrix and not p.layers and not p.tied_to]
 
 
+def projected(layers: list[Layer], max_dense: int | None) -> frozenset[str]:
+    """The layers whose backward side is held as factors: their gg and GG sums are projected
+    to k×k (sums.py), never m×m."""
+    return frozenset(layer.name for layer in layers if thin_sides(*layer.shape, max_dense)[1])
+
+
 def _stream(network: nn.Module, chosen: list[Layer], data: Dataset, x: torch.Tensor,
             labels: torch.Tensor, weights: torch.Tensor | None, loss: str, agop: bool,
             per_use: bool, batch_size: int, progress: Callable[[int, int], None] | None,
-            probing: Probing = Probing(), first: int = 0) -> Sums:
+            probing: Probing = Probing(), first: int = 0,
+            project: frozenset[str] = frozenset()) -> Sums:
     """One pass over the samples `x` in batches: their raw sums (see `Plan`)."""
     parameter = next(network.parameters())
     device, dtype = parameter.device, parameter.dtype
     targets = Dataset(data.spec, x, labels, n_classes=data.n_classes).targets(loss)
-    sums = Sums.zeros(chosen, device)
+    sums = Sums.zeros(chosen, device, project)
     n = len(x)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
@@ -361,38 +372,46 @@ def _stream(network: nn.Module, chosen: list[Layer], data: Dataset, x: torch.Ten
 
 def _layer_result(name: str, kind: str, W: torch.Tensor, sums: Sums,
                   weight_decay: float | None, alpha: float, names: tuple[str, ...],
-                  max_vocab: int | None, warnings: list[str],
+                  max_dense: int | None, warnings: list[str],
                   adamw: tuple[torch.Tensor, float] | None = None) -> LayerResult:
     total = sums.layers[name]
-    kept, note = _available(name, kind, W, sums, names, max_vocab, warnings, adamw is not None)
-    matrices, fitted = rel.compute(W, total, weight_decay, alpha, kept, adamw)
+    thin = thin_sides(*W.shape, max_dense)
+    kept, note = _available(name, W, sums, names, thin[0], warnings, adamw is not None)
+    matrices, fitted = rel.compute(W, total, weight_decay, alpha, kept, adamw, thin)
     matrices = {key: value.cpu() for key, value in matrices.items()}
-    metrics = {relation: _metrics(matrices, relation, weight_decay) for relation in kept}
+    metrics = _metrics(W, total.grad, matrices, kept, weight_decay)
     if sums.probes is not None:
-        _add_errors(metrics, W, total, weight_decay, alpha, kept)
+        _add_errors(metrics, W, total, weight_decay, alpha, kept, thin)
         if total.groups is None and rel.AGOP_FAMILY.intersection(kept):
+            side = total.GG.shape[0]
             note = "; ".join(filter(None, [note, f"no s.e. ({GROUPS} group sums of "
-                                                f"{W.shape[0]}×{W.shape[0]} too large)"]))
+                                                f"{side}×{side} too large)"]))
     return LayerResult(name, W.shape[1], W.shape[0],
                        rel.stationarity(W, total, weight_decay), matrices, metrics, *fitted,
                        kind=kind, uses=sums.uses[name], note=note)
 
 
-def _metrics(matrices: dict[str, torch.Tensor], relation: str, weight_decay: float | None
-             ) -> dict[str, float]:
-    """Every metric of one relation against its reference (rel_err only for the FACT family
-    with a known λ, and fact_adamw)."""
-    reference, candidate = matrices[rel.reference(relation)], matrices[relation]
-    values = {metric: fn(reference, candidate) for metric, fn in METRICS.items()}
-    scaled = relation in rel.NEEDS_OPTIMIZER or (relation in rel.FACT_FAMILY
-                                                 and rel.has_scale(weight_decay))
-    if not scaled:
-        values["rel_err"] = math.nan
-    return values
+def _metrics(W: torch.Tensor, grad: torch.Tensor, matrices: dict[str, Matrix],
+             relations: tuple[str, ...], weight_decay: float | None
+             ) -> dict[str, dict[str, float]]:
+    """Every metric of each relation against its reference (rel_err only for the FACT family
+    with a known λ, and fact_adamw); matrices held as factors compared in one basis
+    (`relations.metric_operands`)."""
+    operands = rel.metric_operands(W.cpu(), grad.cpu(), matrices)
+    metrics = {}
+    for relation in relations:  # fact_adamw's step ∇W/√v̂ leaves span[W, ∇W]: its own factors
+        held = matrices if relation in rel.NEEDS_OPTIMIZER else operands
+        reference, candidate = held[rel.reference(relation)], held[relation]
+        scaled = relation in rel.NEEDS_OPTIMIZER or (relation in rel.FACT_FAMILY
+                                                     and rel.has_scale(weight_decay))
+        metrics[relation] = {metric: fn(reference, candidate) if scaled or metric != "rel_err"
+                             else math.nan for metric, fn in METRICS.items()}
+    return metrics
 
 
 def _add_errors(metrics: dict[str, dict[str, float]], W: torch.Tensor, total: LayerSums,
-                weight_decay: float | None, alpha: float, kept: tuple[str, ...]) -> None:
+                weight_decay: float | None, alpha: float, kept: tuple[str, ...],
+                thin: tuple[bool, bool] = (False, False)) -> None:
     """`<metric>_se` of every relation of a sketched analysis: the delete-one-group jackknife
     over the GROUPS groups of probes for those built from the Jacobians (relations.md §8), 0
     for the others (no probe enters them), NaN where the metric is undefined or the layer kept
@@ -404,9 +423,10 @@ def _add_errors(metrics: dict[str, dict[str, float]], W: torch.Tensor, total: La
         # the probed share Σ_h B_h re-estimated without group g; exact shares (uses shared
         # by the batch) stay as they are
         rest = total.GG + (sketched_sum - GROUPS * total.groups[group]) / (GROUPS - 1)
-        matrices, _ = rel.compute(W, LayerSums(total.grad, total.gg, rest), weight_decay, alpha,
-                                  sketched)
-        replicas.append({r: _metrics(matrices, r, weight_decay) for r in sketched})
+        matrices, _ = rel.compute(W, LayerSums(total.grad, total.gg, rest,
+                                               projected=total.projected),
+                                  weight_decay, alpha, sketched, thin=thin)
+        replicas.append(_metrics(W, total.grad, matrices, sketched, weight_decay))
     for relation, values in metrics.items():
         for metric in list(values):
             if relation not in sketched:
@@ -428,8 +448,8 @@ def jackknife(replicas: list[float]) -> float:
     return float(((count - 1) / count * (values - values.mean()).pow(2).sum()).sqrt())
 
 
-def _available(name: str, kind: str, W: torch.Tensor, sums: Sums, names: tuple[str, ...],
-               max_vocab: int | None, warnings: list[str],
+def _available(name: str, W: torch.Tensor, sums: Sums, names: tuple[str, ...],
+               thin_forward: bool, warnings: list[str],
                adamw: bool) -> tuple[tuple[str, ...], str]:
     """The relations this layer can give, and a note on how its sums were formed."""
     kept, notes = names, []
@@ -446,11 +466,18 @@ def _available(name: str, kind: str, W: torch.Tensor, sums: Sums, names: tuple[s
             warnings.append(f"{name}: AGOP, NFA and eNFA relations not computed ({why}); "
                             "FACT and bFACT come from the parameter's gradient")
         notes.append(f"AGOP family not computed: {why}")
-    if kind == "embedding" and max_vocab is not None and W.shape[1] > max_vocab:
-        kept = tuple(r for r in kept if r not in rel.FORWARD)
-        warnings.append(f"{name}: vocabulary {W.shape[1]} > {max_vocab}, forward (vocab×vocab) "
-                        "relations skipped; raise --max-vocab to compute them")
-        notes.append(f"forward relations skipped (vocabulary {W.shape[1]} > {max_vocab})")
+    if thin_forward:
+        notes.append(f"forward side {W.shape[1]} > --max-dense: its relations held as thin "
+                     "factors")
+    if sums.layers[name].projected:
+        side = W.shape[0]
+        dropped = [r for r in kept if r in rel.UNFACTORED]
+        kept = tuple(r for r in kept if r not in rel.UNFACTORED)
+        if dropped:
+            warnings.append(f"{name}: {', '.join(dropped)} not computed ({side}×{side} with no "
+                            f"thin factors); raise --max-dense to {side} to form them")
+        notes.append(f"backward side {side} > --max-dense: its relations held as thin "
+                     f"factors; bagop, bnfa, benfa not computed ({side}×{side} with no factors)")
     if name in sums.shared:
         notes.append("a use shared by the whole batch (no per-sample axis, e.g. a broadcast "
                      "position lookup): its g and G formed sample by sample")

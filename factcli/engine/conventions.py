@@ -9,4 +9,5 @@ DEFAULT_RELATIONS = tuple(r for r in RELATIONS if r not in NEEDS_OPTIMIZER)  # W
 FACT_FAMILY = frozenset({"fact", "fact_sym", "fact_sqrt", "bfact", "bfact_sym", "bfact_sqrt"})
 AGOP_FAMILY = frozenset({"nfa", "agop", "bnfa", "bagop"})  # need the output Jacobians
 PER_USE = AGOP_FAMILY | {"enfa", "benfa"}  # need z and ∂/∂z of every use, not only ∇_W L
+UNFACTORED = ("bnfa", "bagop", "benfa")  # from the m×m sums alone: no thin factors
 METRIC_NAMES = ("pearson", "cosine", "rel_err")

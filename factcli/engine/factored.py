@@ -104,6 +104,14 @@ class Factored:
         right = torch.linalg.qr(self.R, mode="r").R
         return torch.linalg.matrix_norm(left @ right.mT)
 
+    def eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigenvalues and orthonormal eigenvectors (p×r) of a symmetric A = L Rᵀ: with L = QT,
+        A = Q (T Rᵀ Q) Qᵀ (A = Aᵀ keeps its row space in span Q), so an r×r eigh suffices."""
+        basis, triangle = torch.linalg.qr(self.L)
+        small = triangle @ (self.R.mT @ basis)
+        eigenvalues, vectors = torch.linalg.eigh((small + small.mT) / 2)
+        return eigenvalues, basis @ vectors
+
     def dense(self, what: str = "the matrix") -> torch.Tensor:
         """L Rᵀ as one float64 tensor, after checking that its p×q entries fit in memory."""
         from ..io.validate import check_memory
@@ -114,9 +122,64 @@ class Factored:
                           "metrics are computed")
         return self.L @ self.R.mT
 
+    def core(self, basis: torch.Tensor) -> Core:
+        """This matrix as a `Core` in an orthonormal `basis` (p×s, p = q) that spans its column
+        and row spaces and the ones vector (`common_basis`)."""
+        return Core((basis.mT @ self.L) @ (basis.mT @ self.R).mT, basis.sum(0), self.shape[0])
+
     def _same_shape(self, other: Factored) -> None:
         if self.shape != other.shape:
             raise ValueError(f"shapes differ: {tuple(self.shape)} vs {tuple(other.shape)}")
+
+
+def common_basis(*blocks: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis Q (p×s) of the columns of `blocks` (each p×·) and of 1: every
+    relation of a thin side lies in span[W, step] on both sides (relations.md §4.1)."""
+    ones = torch.ones(blocks[0].shape[0], 1, dtype=torch.float64, device=blocks[0].device)
+    return torch.linalg.qr(torch.cat([*(block.double() for block in blocks), ones], 1)).Q
+
+
+class Core:
+    """A = Q C Qᵀ (p×p) with Q orthonormal, known through C (s×s) and u = Qᵀ1: the metrics of
+    several matrices sharing one basis cost s×s work each, where a `Factored` needs QRs of
+    its p-row factors for every norm. Exact, since Q spans each matrix and 1."""
+
+    def __init__(self, core: torch.Tensor, ones: torch.Tensor, side: int):
+        self.C, self.u, self.side = core, ones, side
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.side, self.side))
+
+    def numel(self) -> int:
+        return self.side * self.side
+
+    def double(self) -> Core:
+        return self
+
+    def __add__(self, other: Core) -> Core:
+        return Core(self.C + other.C, self.u, self.side)
+
+    def __neg__(self) -> Core:
+        return Core(-self.C, self.u, self.side)
+
+    def __sub__(self, other: Core | torch.Tensor | float) -> Core:
+        """A − B, or A − s·11ᵀ = Q (C − s u uᵀ) Qᵀ for a scalar s."""
+        if isinstance(other, Core):
+            return Core(self.C - other.C, self.u, self.side)
+        return Core(self.C - other * torch.outer(self.u, self.u), self.u, self.side)
+
+    def sum(self) -> torch.Tensor:
+        return self.u @ self.C @ self.u
+
+    def mean(self) -> torch.Tensor:
+        return self.sum() / self.numel()
+
+    def inner(self, other: Core) -> torch.Tensor:
+        return (self.C * other.C).sum()
+
+    def norm(self) -> torch.Tensor:
+        return torch.linalg.matrix_norm(self.C)
 
 
 def thin_sides(m: int, k: int, max_dense: int | None) -> tuple[bool, bool]:

@@ -17,7 +17,14 @@ def psd_power(matrix: torch.Tensor, power: float) -> torch.Tensor:
 
 
 def sqrt_outer(left: torch.Tensor, right: torch.Tensor | None = None) -> torch.Tensor:
-    """(A Aᵀ)^{1/2} = U S Uᵀ from the SVD A = U S Vᵀ, with A = left @ right (or A = left).
+    """(A Aᵀ)^{1/2} = U S Uᵀ with A = left @ right (or A = left); see `sqrt_outer_factors`."""
+    vectors, singular = sqrt_outer_factors(left, right)
+    return (vectors * singular.unsqueeze(-2)) @ vectors.mT
+
+
+def sqrt_outer_factors(left: torch.Tensor, right: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, S) with (A Aᵀ)^{1/2} = U S Uᵀ from the SVD A = U S Vᵀ, A = left @ right (or left).
 
     Going through the SVD keeps small singular values accurate to round-off, where the square
     root of eigh(A Aᵀ) would amplify round-off ε to √ε when A is rank-deficient. When A comes as
@@ -31,4 +38,4 @@ def sqrt_outer(left: torch.Tensor, right: torch.Tensor | None = None) -> torch.T
     else:
         product = left if right is None else left @ right
         vectors, singular, _ = torch.linalg.svd(product, full_matrices=False)
-    return (vectors * singular.unsqueeze(-2)) @ vectors.mT
+    return vectors, singular

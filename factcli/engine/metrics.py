@@ -1,8 +1,9 @@
 """Agreement between a feature matrix A (NFM or bNFM) and a relation's matrix B (relations.md §4).
 
-Each metric takes dense tensors or `Factored` matrices (A = L Rᵀ, never formed): the same code
-computes both, from a norm, an entry mean, a difference and an inner product, which a `Factored`
-gives from small Gram matrices and column sums (relations.md §4.1). A dense matrix beside a
+Each metric takes dense tensors or `Factored` matrices (A = L Rᵀ, never formed), or `Core`s (the
+same in one shared orthonormal basis): the same code computes all, from a norm, an entry mean, a
+difference and an inner product, which a `Factored` gives from small Gram matrices and column
+sums and a `Core` from its s×s matrix (relations.md §4.1). A dense matrix beside a
 `Factored` one is already as large as the product, so that product is formed (size-checked).
 
 Every metric is NaN when it is undefined (a zero matrix, an unknown scale), never 0 or 1.
@@ -14,21 +15,23 @@ import math
 
 import torch
 
-from .factored import Factored
+from .factored import Core, Factored
 
 Matrix = torch.Tensor | Factored
+_HELD = (Factored, Core)  # never formed: the metrics from their small matrices
 
 
-def _operands(a: Matrix, b: Matrix) -> tuple[Matrix, Matrix]:
-    """Both float64, both `Factored` or both dense (flattened: only the entries matter)."""
-    if isinstance(a, Factored) and isinstance(b, Factored):
+def _operands(a: Matrix | Core, b: Matrix | Core) -> tuple[Matrix | Core, Matrix | Core]:
+    """Both float64, both `Factored` (or both `Core`) or both dense (flattened: only the
+    entries matter)."""
+    if isinstance(a, _HELD) and isinstance(b, _HELD):
         return a, b
     a, b = (x.dense() if isinstance(x, Factored) else x for x in (a, b))
     return a.double().flatten(), b.double().flatten()
 
 
-def _inner(a: Matrix, b: Matrix) -> torch.Tensor:
-    return a.inner(b) if isinstance(a, Factored) else (a * b).sum()
+def _inner(a: Matrix | Core, b: Matrix | Core) -> torch.Tensor:
+    return a.inner(b) if isinstance(a, _HELD) else (a * b).sum()
 
 
 def cosine(a: Matrix, b: Matrix) -> float:

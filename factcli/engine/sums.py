@@ -12,6 +12,10 @@ function of W and three sums, each term weighted by the sample weight w_i:
 With random probes (sketch.py) GG is an unbiased estimate, and `groups` (GROUPS × m × m) holds
 the share of each independent group of probes (GG = their sum), for the jackknife error bars.
 
+A layer whose output side m is too large for m×m sums (an LM head: m = vocabulary) keeps them
+*projected* instead: gg and GG hold Wᵀ gg W = ENFA and Wᵀ GG W = AGOP (k×k), summed as
+(g W)ᵀ(g W); its bENFA, bAGOP and bNFA are then not computed (no thin factors).
+
 A row is one position of one use (a token, a patch, a second call of a shared layer). Which
 axis of z is the batch never matters: g and G come from backward passes of losses and probes
 that carry √w_i per sample, so every row arrives already weighted. A use shared by the batch
@@ -46,12 +50,15 @@ class LayerSums:
     gg: torch.Tensor
     GG: torch.Tensor
     groups: torch.Tensor | None = None  # sketched: GG of each group of probes (Σ = GG)
+    projected: bool = False  # gg, GG hold Wᵀ gg W and Wᵀ GG W (k×k), see the module docstring
 
     @classmethod
-    def zeros(cls, m: int, k: int, device: torch.device | str = "cpu") -> LayerSums:
+    def zeros(cls, m: int, k: int, device: torch.device | str = "cpu",
+              projected: bool = False) -> LayerSums:
         def zero(*shape: int) -> torch.Tensor:
             return torch.zeros(*shape, dtype=torch.float64, device=device)
-        return cls(zero(m, k), zero(m, m), zero(m, m))
+        side = k if projected else m
+        return cls(zero(m, k), zero(side, side), zero(side, side), projected=projected)
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.grad, self.gg, self.GG] + ([] if self.groups is None else [self.groups])
@@ -80,11 +87,13 @@ class Sums:
     outputs: int | None = None
 
     @classmethod
-    def zeros(cls, layers: list[Layer], device: torch.device | str = "cpu") -> Sums:
+    def zeros(cls, layers: list[Layer], device: torch.device | str = "cpu",
+              projected: frozenset[str] = frozenset()) -> Sums:
+        """Zero totals; the layers named in `projected` keep k×k projected sums (LayerSums)."""
         def scalar() -> torch.Tensor:
             return torch.zeros((), dtype=torch.float64, device=device)
-        return cls({layer.name: LayerSums.zeros(*layer.shape, device) for layer in layers},
-                   scalar(), scalar(), scalar())
+        return cls({layer.name: LayerSums.zeros(*layer.shape, device, layer.name in projected)
+                    for layer in layers}, scalar(), scalar(), scalar())
 
     def tensors(self) -> list[torch.Tensor]:
         """Every total, in a fixed order: what a data-parallel run all-reduces (SUM)."""
@@ -119,8 +128,8 @@ class Sums:
         total = float(self.weight)
         if not total > 0:
             raise FactError("no samples were seen")
-        layers = {name: LayerSums(*(t / total for t in sums.tensors()))
-                  for name, sums in self.layers.items()}
+        layers = {name: LayerSums(*(t / total for t in sums.tensors()),
+                                  projected=sums.projected) for name, sums in self.layers.items()}
         return Sums(layers, self.loss / total, self.correct / total, self.weight / total,
                     Counter(self.uses), Counter(self.flipped), dict(self.unseen),
                     set(self.shared), self.batches, self.probes, self.outputs)
@@ -148,14 +157,20 @@ def _add_product(total: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -
     total += (left.mT @ right).double()
 
 
+def _projected(rows: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
+    """Rows of length m as rows of length k (rows·W) for a projected layer, else unchanged."""
+    return rows if basis is None else rows @ basis.to(rows.dtype)
+
+
 def _add_per_sample(sums: Sums, common: list, losses: torch.Tensor, output: torch.Tensor,
-                    root: torch.Tensor | None, outputs: bool) -> None:
+                    root: torch.Tensor | None, outputs: bool,
+                    bases: dict[str, torch.Tensor]) -> None:
     """gg and GG of the uses shared by the batch, sample by sample (shared.py)."""
     zs = [use.z for use in common]
     for target, total in [(losses.reshape(-1, 1), "gg")] + [(output, "GG")] * outputs:
         for products in per_sample_products(target, zs, root):
             for use, G in zip(common, products):
-                rows = use.rows(G, lead=1)
+                rows = _projected(use.rows(G, lead=1), bases.get(use.layer.name))
                 _add_product(getattr(sums.layers[use.layer.name], total), rows, rows)
 
 
@@ -170,7 +185,8 @@ def _probe_count(sums: Sums, probing: Probing, output: torch.Tensor) -> int | No
 
 
 def _add_jacobians(uses: list, sums: Sums, output: torch.Tensor, zs: list[torch.Tensor],
-                   root: torch.Tensor | None, probing: Probing, first: int) -> None:
+                   root: torch.Tensor | None, probing: Probing, first: int,
+                   bases: dict[str, torch.Tensor]) -> None:
     """GG += Σ over probes of each use's (∂(vᵀf)/∂z rows)ᵀ(rows): the c unit vectors, or
     random probes (then also each group's share)."""
     count = sums.probes
@@ -183,7 +199,7 @@ def _add_jacobians(uses: list, sums: Sums, output: torch.Tensor, zs: list[torch.
                                min(block, count // GROUPS))
     for group, probes in blocks:
         for use, G in zip(uses, probe_products(output, zs, probes)):
-            rows = use.rows(G, lead=1)
+            rows = _projected(use.rows(G, lead=1), bases.get(use.layer.name))
             total = sums.layers[use.layer.name]
             product = (rows.mT @ rows).double()
             total.GG += product
@@ -223,8 +239,10 @@ def accumulate(model: nn.Module, layers: list[Layer], sums: Sums, x: torch.Tenso
     probed = probing.select(shaped).reshape(len(x), -1) if outputs else output
     if outputs and per_use and capture.uses:
         _probe_count(sums, probing, probed)
+    bases = {layer.name: layer.matrix(layer.parameter.detach()) for layer in layers
+             if sums.layers[layer.name].projected}
     if common:  # exact, also in a sketch: their probes are per sample already
-        _add_per_sample(sums, common, losses, probed, root, outputs)
+        _add_per_sample(sums, common, losses, probed, root, outputs, bases)
     zs = [use.z for use in uses]
     options = dict(allow_unused=True, materialize_grads=True)
     if weight is None:  # w_i = 1: one backward gives both ∇_θ Σ ℓ_i and every g
@@ -243,10 +261,10 @@ def accumulate(model: nn.Module, layers: list[Layer], sums: Sums, x: torch.Tenso
             gradient = gradient.to_dense()
         sums.layers[layer.name].grad += layer.matrix(gradient).double()
     for use, g in zip(uses, gs):
-        rows = use.rows(g)
+        rows = _projected(use.rows(g), bases.get(use.layer.name))
         _add_product(sums.layers[use.layer.name].gg, rows, rows)
     if outputs and zs:
-        _add_jacobians(uses, sums, probed, zs, root, probing, first)
+        _add_jacobians(uses, sums, probed, zs, root, probing, first, bases)
     losses = losses.detach()
     sums.loss += losses.double().sum() if weight is None else (losses.double() *
                                                                weight.double()).sum()

@@ -25,6 +25,7 @@ from .. import __version__
 from ..distributed import share
 from ..engine import relations as rel
 from ..engine.analysis import Analysis, Plan, finish
+from ..engine.factored import thin_sides
 from ..engine.sketch import GROUPS
 from ..engine.sums import LayerSums, Sums
 from ..errors import FactError
@@ -33,7 +34,7 @@ from .files import atomic_path
 FORMAT = "factcli.partial/1"
 # Provenance fields that must be equal in every part (everything that changes the numbers).
 OPTIONS = ("dataset", "n_samples", "n_train", "max_samples", "sample_seed", "loss",
-           "weight_decay", "alpha", "relations", "dtype", "weighted", "model", "max_vocab",
+           "weight_decay", "alpha", "relations", "dtype", "weighted", "model", "max_dense",
            "agop_probes_requested", "probe_kind", "probe_seed", "outputs")
 _SUMS = ("grad", "gg", "GG")
 GROUPS_KEY = "GG_groups"  # a sketched AGOP: each group of probes' share of GG
@@ -174,8 +175,10 @@ def _header(path: str) -> _Part:
             shapes = {key: group[key].shape if isinstance(group.get(key), h5py.Dataset) else None
                       for key in ("weight", *_SUMS)}
             weight = shapes["weight"]
-            if weight is None or len(weight) != 2 or shapes["grad"] != weight or \
-                    shapes["gg"] != (weight[0],) * 2 or shapes["GG"] != (weight[0],) * 2:
+            side = None if weight is None or len(weight) != 2 else \
+                weight[1] if thin_sides(*weight, _max_dense(options, path))[1] else weight[0]
+            if side is None or shapes["grad"] != weight or shapes["gg"] != (side,) * 2 or \
+                    shapes["GG"] != (side,) * 2:
                 raise FactError(f"{path}: layer {name!r} lacks weight, grad, gg or GG of "
                                 f"matching shapes (got {shapes})")
             kind = _plain(group.attrs.get("kind"))
@@ -184,10 +187,9 @@ def _header(path: str) -> _Part:
             layers[name] = (kind, weight)
             groups = group.get(GROUPS_KEY)
             if groups is not None:
-                if not isinstance(groups, h5py.Dataset) or groups.shape != (GROUPS,
-                                                                            *(weight[0],) * 2):
+                if not isinstance(groups, h5py.Dataset) or groups.shape != (GROUPS, side, side):
                     raise FactError(f"{path}: layer {name!r} {GROUPS_KEY} is not {GROUPS} "
-                                    f"matrices of {weight[0]}×{weight[0]}")
+                                    f"matrices of {side}×{side}")
                 grouped.add(name)
         if not layers:
             raise FactError(f"{path}: no layers")
@@ -269,7 +271,8 @@ def _read_sums(part: _Part) -> tuple[dict[str, tuple[str, torch.Tensor]], Sums]:
             weights[name] = (kind, torch.from_numpy(arrays["weight"]))
             layers[name] = LayerSums(*(torch.from_numpy(arrays[key]) for key in _SUMS),
                                      torch.from_numpy(arrays[GROUPS_KEY])
-                                     if GROUPS_KEY in arrays else None)
+                                     if GROUPS_KEY in arrays else None,
+                                     projected=arrays["gg"].shape != arrays["grad"].shape[:1] * 2)
     a = part.attrs
     scalars = [torch.tensor(a[key], dtype=torch.float64)
                for key in ("loss_sum", "correct_sum", "weight_sum")]
@@ -311,7 +314,14 @@ def _check_finishing(info: dict[str, Any], path: str) -> None:
     rel.check_relations(relations)
     decay, alpha = info.get("weight_decay"), info.get("alpha")
     numbers = (int, float)
-    vocab = info.get("max_vocab")
-    if not (decay is None or isinstance(decay, numbers)) or not isinstance(alpha, numbers) \
-            or not (vocab is None or isinstance(vocab, int)):
-        raise FactError(f"{path}: info lacks weight_decay, alpha or max_vocab")
+    if not (decay is None or isinstance(decay, numbers)) or not isinstance(alpha, numbers):
+        raise FactError(f"{path}: info lacks weight_decay or alpha")
+    _max_dense(info, path)
+
+
+def _max_dense(options: dict[str, Any], path: str) -> int | None:
+    """The recorded --max-dense: which layers hold projected (k×k) sums."""
+    value = options.get("max_dense")
+    if not (value is None or isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        raise FactError(f"{path}: max_dense is {value!r}, not a positive count or null")
+    return value

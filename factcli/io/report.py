@@ -85,6 +85,8 @@ def write_report(path: str | os.PathLike, analysis: Analysis, command: str = "",
     were computed in float64 before storing)."""
     if matrix_dtype not in MATRIX_DTYPES:
         raise FactError(f"unknown matrix dtype {matrix_dtype!r}; choose float32 or float64")
+    from ..engine.factored import Factored
+
     chosen = (DEFAULT_MATRICES if matrices is True else () if matrices is False
               else choose_matrices(matrices) if isinstance(matrices, str) else tuple(matrices))
     info = analysis.info
@@ -140,16 +142,26 @@ def write_report(path: str | os.PathLike, analysis: Analysis, command: str = "",
             for name in chosen:
                 if name not in layer.matrices:
                     continue
-                data = layer.matrices[name].numpy().astype(matrix_dtype)
-                stored = group.create_dataset(name, data=data, compression="gzip", shuffle=True)
+                matrix = layer.matrices[name]
+                if isinstance(matrix, Factored):  # A = L Rᵀ: its factors, never A
+                    stored = group.create_group(name)
+                    for key, factor in (("left", matrix.L), ("right", matrix.R)):
+                        stored.create_dataset(key, data=factor.numpy().astype(matrix_dtype),
+                                              compression="gzip", shuffle=True)
+                    stored.attrs["factored"] = "left @ right.T"
+                else:
+                    stored = group.create_dataset(name, data=matrix.numpy().astype(matrix_dtype),
+                                                  compression="gzip", shuffle=True)
                 stored.attrs.update(_matrix_attrs(name, info.get("alpha")))
 
 
 class _Matrices(Mapping):
-    """A layer's stored matrices, read from the file (as float64 torch tensors) on access."""
+    """A layer's stored matrices, read from the file on access: float64 torch tensors, or
+    `Factored` ones for those stored as factors (a group holding left and right)."""
 
-    def __init__(self, path: str | os.PathLike, group: str, names: list[str]):
-        self.path, self.group, self.names = path, group, names
+    def __init__(self, path: str | os.PathLike, group: str, names: list[str],
+                 sides: tuple[int, int]):
+        self.path, self.group, self.names, self.sides = path, group, names, sides
 
     def __getitem__(self, name: str) -> Any:
         """The matrix, after its declared shape, type and size are checked (a 97 KB file may
@@ -158,10 +170,13 @@ class _Matrices(Mapping):
             raise KeyError(name)
         import torch
 
+        where = f"{self.path}: /layers/{self.group}/{name}"
         with h5py.File(self.path, "r") as handle:
-            dataset = handle["layers"][self.group][name]
-            validate.matrix_dataset(dataset, f"{self.path}: /layers/{self.group}/{name}")
-            data = dataset[()]
+            item = handle["layers"][self.group][name]
+            if isinstance(item, h5py.Group):
+                return _factored(item, where, self.sides[name == "bnfm" or name in BACKWARD])
+            validate.matrix_dataset(item, where)
+            data = item[()]
         return torch.from_numpy(np.asarray(data, dtype=np.float64))
 
     def __iter__(self) -> Iterator[str]:
@@ -169,6 +184,30 @@ class _Matrices(Mapping):
 
     def __len__(self) -> int:
         return len(self.names)
+
+
+def _factored(group: h5py.Group, where: str, side: int) -> Any:
+    """A matrix stored as factors: left (side×r) and right (side×r), real, finite, checked
+    against the layer's side before they are read."""
+    import torch
+
+    from ..engine.factored import Factored
+
+    factors = [group.get(key) for key in ("left", "right")]
+    if not all(isinstance(factor, h5py.Dataset) for factor in factors):
+        raise FactError(f"{where} is a group but not a factored matrix (datasets left, right)")
+    for key, factor in zip(("left", "right"), factors):
+        validate.matrix_dataset(factor, f"{where}/{key}")
+    shapes = [tuple(factor.shape) for factor in factors]
+    if shapes[0] != shapes[1] or shapes[0][0] != side:
+        raise FactError(f"{where}: factors of shapes {shapes[0]} and {shapes[1]} do not make a "
+                        f"{side}×{side} matrix (both must be {side}×r)")
+    validate.check_memory(16.0 * shapes[0][0] * shapes[0][1], f"reading {where} (two factors "
+                          f"{shapes[0][0]}×{shapes[0][1]})")
+    arrays = [np.asarray(factor[()], dtype=np.float64) for factor in factors]
+    if not all(np.isfinite(array).all() for array in arrays):
+        raise FactError(f"{where}: factors hold NaN or infinite entries")
+    return Factored(*(torch.from_numpy(array) for array in arrays))
 
 
 def read_report(path: str | os.PathLike) -> Analysis:
@@ -214,11 +253,12 @@ def read_report(path: str | os.PathLike) -> Analysis:
                 a.setdefault("out_features", a["in_features"] if not isinstance(
                     bnfm, h5py.Dataset) else (bnfm.shape or (0,))[0])
             a = validate.layer_attrs(a, key, where)
-            stored = [name for name, item in group.items() if isinstance(item, h5py.Dataset)]
+            stored = [name for name, item in group.items()
+                      if isinstance(item, h5py.Dataset | h5py.Group)]
             layers.append(LayerResult(
                 name=a.get("name", key), in_features=a["in_features"],
                 out_features=a["out_features"], stationarity=a.get("stationarity", math.nan),
-                matrices=_Matrices(path, key, stored),
+                matrices=_Matrices(path, key, stored, (a["in_features"], a["out_features"])),
                 metrics=metrics.get(a.get("name", key), {}),
                 best_alpha=a.get("best_alpha", math.nan),
                 best_alpha_pearson=a.get("best_alpha_pearson", math.nan),

@@ -17,6 +17,7 @@ import torch
 
 from ..compare import comparison as cmp
 from ..engine.conventions import BACKWARD, FORWARD, METRIC_NAMES, RELATIONS
+from ..engine.factored import Factored
 from ..engine.results import Analysis
 from ..errors import FactError
 from . import _style
@@ -212,15 +213,37 @@ def bars(result: Analysis | cmp.Source, relations: Sequence[str] | None = None,
 # matrices: NFM beside each relation's matrix, on one colour scale (Fig. 5/7)
 
 
-def _shown(matrix: torch.Tensor, hide_diagonal: bool, limit: int, quantile: float = 1.0
-           ) -> tuple[np.ndarray, int]:
+def _block_means(matrix: Factored, block: int, hide_diagonal: bool) -> np.ndarray:
+    """The block means of A = L Rᵀ from its factors (block sums of L and R), the diagonal left
+    out if asked: a vocab×vocab matrix drawn without being formed."""
+    def sums(factor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.arange(len(factor)) // block
+        total = torch.zeros(int(index[-1]) + 1, factor.shape[1], dtype=torch.float64)
+        return total.index_add_(0, index, factor), torch.bincount(index).double()
+
+    (left, rows), (right, cols) = sums(matrix.L), sums(matrix.R)
+    total, count = left @ right.mT, rows[:, None] * cols[None, :]
+    if hide_diagonal and matrix.shape[0] == matrix.shape[1]:
+        diagonal = torch.zeros(len(rows), dtype=torch.float64).index_add_(
+            0, torch.arange(matrix.shape[0]) // block, (matrix.L * matrix.R).sum(1))
+        total.diagonal().sub_(diagonal)
+        count.diagonal().sub_(torch.bincount(torch.arange(matrix.shape[0]) // block).double())
+    with np.errstate(invalid="ignore"):
+        return np.where(count.numpy() > 0, (total / count.clamp(min=1)).numpy(), np.nan)
+
+
+def _shown(matrix: torch.Tensor | Factored, hide_diagonal: bool, limit: int,
+           quantile: float = 1.0) -> tuple[np.ndarray, int]:
     """The matrix as drawn: diagonal hidden (NaN) if asked, block means if larger than `limit`,
     then divided by the `quantile` of its |entries| (1: the largest) and clipped to ±1.
-    Returns it and the block size."""
-    values = matrix.double().cpu().numpy().copy()
+    Returns it and the block size. A `Factored` one is formed only when no larger than that."""
+    block = max(1, math.ceil(max(matrix.shape) / limit))
+    if isinstance(matrix, Factored) and block > 1:
+        return _scaled(_block_means(matrix, block, hide_diagonal), quantile), block
+    values = (matrix.dense() if isinstance(matrix, Factored) else matrix).double().cpu()
+    values = values.numpy().copy()
     if hide_diagonal and values.shape[0] == values.shape[1]:
         np.fill_diagonal(values, np.nan)
-    block = max(1, math.ceil(max(values.shape) / limit))
     if block > 1:
         rows, cols = (math.ceil(s / block) * block for s in values.shape)
         padded = np.full((rows, cols), np.nan)
@@ -230,11 +253,16 @@ def _shown(matrix: torch.Tensor, hide_diagonal: bool, limit: int, quantile: floa
             count = np.isfinite(blocks).sum(axis=(1, 3))
             values = np.where(count > 0, np.nansum(blocks, axis=(1, 3)) / np.maximum(count, 1),
                               np.nan)
+    return _scaled(values, quantile), block
+
+
+def _scaled(values: np.ndarray, quantile: float) -> np.ndarray:
+    """Divided by the `quantile` of the |entries| and clipped to ±1."""
     finite = np.abs(values[np.isfinite(values)])
     scale = float(np.quantile(finite, quantile)) if finite.size else 0.0
     if scale <= 0 and finite.size:
         scale = float(finite.max())
-    return (np.clip(values / scale, -1, 1) if scale > 0 else values), block
+    return np.clip(values / scale, -1, 1) if scale > 0 else values
 
 
 def scale_words(quantile: float) -> str:
@@ -439,8 +467,9 @@ def alpha_curves(analysis: Analysis, layers: Sequence[str] | None = None,
                         + missing_matrix_hint(absent))
     curves = {}
     for layer in chosen:
-        agop = layer.matrices["agop"].double()
-        eigenvalues, eigenvectors = torch.linalg.eigh((agop + agop.mT) / 2)
+        agop = layer.matrices["agop"]
+        eigenvalues, eigenvectors = agop.eigh() if isinstance(agop, Factored) else \
+            torch.linalg.eigh((agop.double() + agop.double().mT) / 2)
         scores = alpha_scores(layer.matrices["nfm"], eigenvalues, eigenvectors, grid)
         if scores is not None:
             curves[layer.name] = (scores[0].numpy(), scores[1].numpy())
