@@ -245,3 +245,18 @@ def test_compare_features_of_factored_entries_against_the_dense_ones(reports):
     for row in rows:
         assert row["pearson"] == pytest.approx(1, abs=1e-12), row["layer"]
         assert row["overlap"] == pytest.approx(1, abs=1e-9) and row["max_angle"] < 1e-3
+
+
+def test_a_sketched_agop_with_factored_sides_equals_the_dense_sketch(tiny_lm):
+    """The same probes (same seed) dense and factored: the same estimates and error bars."""
+    model, data, _, _ = tiny_lm
+    dense, thin = (analyze(model, data, loss="next_token", weight_decay=3e-3, batch_size=2,
+                           relations=["agop", "nfa", "bagop", "fact"], agop_probes="16",
+                           max_dense=limit) for limit in (None, 5))
+    assert thin.info["agop_probes"] == 16
+    for full, held in zip(dense.layers, thin.layers, strict=True):
+        for relation, values in held.metrics.items():
+            assert values == pytest.approx(full.metrics[relation], abs=1e-10, nan_ok=True), \
+                (held.name, relation)
+    assert "bagop" not in thin.layer("head").metrics
+    assert math.isfinite(thin.layer("embed").metrics["agop"]["pearson_se"])
