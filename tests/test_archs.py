@@ -98,6 +98,24 @@ def test_fact_train_transformer_on_modular_tokens(tmp_path):
     assert stored.training["train_loss"] > 0  # cross-entropy of integer-input batches
 
 
+def test_without_layernorm_a_transformer_reaches_a_critical_point():
+    """LayerNorm makes L_data invariant to the joint scale of embed, pos, out_proj and mlp.2, so
+    with λ > 0 their stationarity cannot vanish; `norm="none"` has critical points."""
+    options = dict(arch="transformer", dataset="modular:p=5,tokens=yes,train_frac=0.6",
+                   width=12, depth=1, heads=2, loss="cross_entropy", optimizer="adam", lr=0.01,
+                   weight_decay=1e-2, epochs=300, dtype="float64", device="cpu")
+    plain = train(**options, norm="none", polish=600)
+    assert plain.checkpoint.model["norm"] == "none"
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in plain.checkpoint.build().modules())
+    # (L-BFGS: torch.func's Hessian does not go through nn.MultiheadAttention)
+    assert max(plain.stationarity.values()) < 1e-3, plain.stationarity  # 1e-5 after 1,000
+    normed = train(**options, polish=300)
+    assert "norm" not in normed.checkpoint.model  # the default is not recorded: old runs resume
+    writers = [normed.stationarity[name] for name in ("embed", "pos", "blocks.0.attn.out_proj",
+                                                      "blocks.0.mlp.2")]
+    assert min(writers) > 0.5, normed.stationarity  # 0.7–1.4 after 1,000 steps
+
+
 def test_modular_tokens_are_the_sequence_a_b_equals():
     data = load_dataset("modular:p=5,tokens=yes,train_frac=0.6")
     onehot = load_dataset("modular:p=5,train_frac=0.6")
@@ -129,6 +147,8 @@ def test_polish_reaches_a_critical_point_of_a_smooth_cnn():
     (["cnn", "--dataset", MNIST_TINY, "--channels", "4,x"], "comma-separated integers"),
     (["cnn", "--dataset", MNIST_TINY, "--channels", "4,8,8,8,8,8"], "shrink"),
     (["cnn", "--dataset", MNIST_TINY, "--heads", "2"], "--heads is for arch transformer"),
+    (["cnn", "--dataset", MNIST_TINY, "--norm", "none"], "--norm is for arch transformer"),
+    (["transformer", "--dataset", MODULAR_TINY, "--norm", "batch"], "unknown --norm"),
     (["cnn", "--dataset", MNIST_TINY, "--pool", "median"], "unknown --pool"),
     (["mlp", "--dataset", MNIST_TINY, "--pool", "avg"], "--pool is for arch cnn"),
     (["transformer", "--dataset", MODULAR_TINY, "--width", "10", "--heads", "4"],

@@ -158,6 +158,9 @@ def train(
         "objective is twice differentiable, which --polish needs to converge).")] = None,
     heads: Annotated[int | None, typer.Option(
         help="transformer: attention heads (default 4).")] = None,
+    norm: Annotated[str | None, typer.Option(
+        help="transformer: layer (LayerNorm before attention, MLP and head; default) or none "
+        "(no LayerNorm: weight decay then has critical points to reach).")] = None,
     activation: Annotated[str | None, typer.Option(
         help="mlp activation: relu (default), gelu, tanh, quadratic, identity.")] = None,
     bias: Annotated[bool | None, typer.Option(
@@ -241,7 +244,7 @@ def train(
                          weight_decay=weight_decay, schedule=schedule,
                          epochs=epochs, batch_size=batch_size, seed=seed, dtype=dtype,
                          target_loss=target_loss, polish=polish, channels=channel_list,
-                         pool=pool, heads=heads)
+                         pool=pool, heads=heads, norm=norm)
 
     stop = {"requested": False}
 

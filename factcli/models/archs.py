@@ -105,7 +105,8 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
                 _size(spec, "vocab"), _size(spec, "context"), _size(spec, "out_features"),
                 _size(spec, "d_model"), _size(spec, "heads"), _size(spec, "depth"),
                 None if d_mlp is None else _size(spec, "d_mlp"), spec.get("output", "last"),
-                lambda: activation(spec.get("activation", "gelu")), spec.get("bias", True))
+                lambda: activation(spec.get("activation", "gelu")), spec.get("bias", True),
+                spec.get("norm", "layer"))
     except KeyError as missing:
         raise FactError(f"the {arch!r} model description lacks {missing.args[0]!r}") from None
     except TypeError as error:

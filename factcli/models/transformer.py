@@ -17,15 +17,21 @@ from torch import nn
 from ..errors import FactError
 
 OUTPUTS = ("last", "all")
+NORMS = ("layer", "none")  # none: no LayerNorm, so that L_data is not invariant to the scale of
+# the residual-stream writers and weight decay has a critical point to reach (sample README)
+
+
+def _norm(kind: str, d_model: int) -> nn.Module:
+    return nn.LayerNorm(d_model) if kind == "layer" else nn.Identity()
 
 
 class Block(nn.Module):
     def __init__(self, d_model: int, heads: int, d_mlp: int, activation: Callable[[], nn.Module],
-                 bias: bool):
+                 bias: bool, norm: str = "layer"):
         super().__init__()
-        self.ln1 = nn.LayerNorm(d_model)
+        self.ln1 = _norm(norm, d_model)
         self.attn = nn.MultiheadAttention(d_model, heads, bias=bias, batch_first=True)
-        self.ln2 = nn.LayerNorm(d_model)
+        self.ln2 = _norm(norm, d_model)
         self.mlp = nn.Sequential(nn.Linear(d_model, d_mlp, bias=bias), activation(),
                                  nn.Linear(d_mlp, d_model, bias=bias))
 
@@ -36,11 +42,13 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """embed, pos, blocks.{i}.{ln1,attn,ln2,mlp.0,mlp.2}, ln_f, head."""
+    """embed, pos, blocks.{i}.{ln1,attn,ln2,mlp.0,mlp.2}, ln_f, head (`norm="none"`: the
+    ln's are identities)."""
 
     def __init__(self, vocab: int, context: int, out_features: int, d_model: int, heads: int,
                  depth: int, d_mlp: int | None = None, output: str = "last",
-                 activation: Callable[[], nn.Module] = nn.GELU, bias: bool = True):
+                 activation: Callable[[], nn.Module] = nn.GELU, bias: bool = True,
+                 norm: str = "layer"):
         super().__init__()
         sizes = {"vocab": vocab, "context": context, "out_features": out_features,
                  "d_model": d_model, "heads": heads, "depth": depth}
@@ -51,12 +59,14 @@ class Transformer(nn.Module):
             raise FactError(f"d_model {d_model} is not a multiple of heads {heads}")
         if output not in OUTPUTS:
             raise FactError(f"unknown transformer output {output!r}; choose last or all")
+        if norm not in NORMS:
+            raise FactError(f"unknown transformer norm {norm!r}; choose layer or none")
         self.output = output
         self.embed = nn.Embedding(vocab, d_model)
         self.pos = nn.Embedding(context, d_model)
-        self.blocks = nn.ModuleList(Block(d_model, heads, d_mlp or 4 * d_model, activation, bias)
-                                    for _ in range(depth))
-        self.ln_f = nn.LayerNorm(d_model)
+        self.blocks = nn.ModuleList(Block(d_model, heads, d_mlp or 4 * d_model, activation, bias,
+                                          norm) for _ in range(depth))
+        self.ln_f = _norm(norm, d_model)
         self.head = nn.Linear(d_model, out_features, bias=bias)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

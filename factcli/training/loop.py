@@ -101,6 +101,7 @@ class TrainConfig:
     channels: list[int] | None = None
     pool: str | None = None
     heads: int | None = None
+    norm: str | None = None
 
 
 @dataclass
@@ -163,6 +164,10 @@ def _check(config: TrainConfig) -> None:
         raise FactError(f"unknown --pool {c.pool!r}; choose one of: {', '.join(POOLS)}")
     if c.heads is not None and c.arch != "transformer":
         raise FactError(f"--heads is for arch transformer (got arch {c.arch})")
+    if c.norm is not None and c.arch != "transformer":
+        raise FactError(f"--norm is for arch transformer (got arch {c.arch})")
+    if c.norm not in (None, "layer", "none"):
+        raise FactError(f"unknown --norm {c.norm!r}; choose layer or none")
     if c.channels is not None and (not c.channels or min(c.channels) < 1):
         raise FactError(f"--channels must list positive channel counts (got {c.channels})")
     if c.optimizer in ("adam", "adamw") and c.momentum is not None:
@@ -274,7 +279,9 @@ def _layered_spec(c: TrainConfig, data: Dataset) -> dict[str, Any]:
             "out_features": int(data.out_features), "d_model": d_model, "heads": heads,
             "depth": sizes["depth"], "d_mlp": 4 * d_model,
             "output": "all" if data.y_train.ndim == 2 else "last",  # per-position targets
-            "activation": c.activation or "gelu", "bias": bias}
+            "activation": c.activation or "gelu", "bias": bias,
+            # recorded only when not the default, so that earlier runs resume unchanged
+            **({"norm": c.norm} if c.norm not in (None, "layer") else {})}
 
 
 def lr_at(training: dict[str, Any], epoch: int) -> float:
