@@ -9,7 +9,9 @@ probes: random weights on the outputs of the samples whose bit b is 0, or 1); a 
 such axis is shared. Its g and G are then formed sample by sample,
 with probes that are unit vectors over (sample, loss) and (sample, output) pairs: exact, at
 the cost of n times the probes of the batch. A per-sample use whose batch order is permuted
-is also taken for shared, which costs time but never correctness.
+is also taken for shared, which costs time but never correctness. The test runs once per
+batch size and shapes of the uses (sums.py keeps the answer): the same code path gives the
+same shapes, and the probes would otherwise double the cost of a small model's analysis.
 """
 
 from __future__ import annotations

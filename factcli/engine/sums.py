@@ -82,6 +82,8 @@ class Sums:
     flipped: Counter[str] = field(default_factory=Counter)
     unseen: dict[str, str] = field(default_factory=dict)
     shared: set[str] = field(default_factory=set)
+    # which uses are shared, found once per batch size and shapes of the uses (shared.py)
+    layouts: dict[tuple, list[bool]] = field(default_factory=dict, repr=False, compare=False)
     batches: int = 0
     probes: int | None = None
     outputs: int | None = None
@@ -233,7 +235,11 @@ def accumulate(model: nn.Module, layers: list[Layer], sums: Sums, x: torch.Tenso
     shaped, output = output, output.reshape(len(x), -1)  # the probes run over every output
     root = None if weight is None else weight.to(losses.dtype).sqrt()
     uses = capture.uses if per_use else []
-    shared = shared_uses(output, [use.z for use in uses], [use.channel for use in uses])
+    layout = (len(x), tuple((use.layer.name, use.channel, tuple(use.z.shape)) for use in uses))
+    if layout not in sums.layouts:
+        sums.layouts[layout] = shared_uses(output, [use.z for use in uses],
+                                           [use.channel for use in uses])
+    shared = sums.layouts[layout]
     common = [use for use, flag in zip(uses, shared) if flag]
     uses = [use for use, flag in zip(uses, shared) if not flag]
     probed = probing.select(shaped).reshape(len(x), -1) if outputs else output
