@@ -609,7 +609,8 @@ def rfm(runs: Sequence[RFMRun]) -> Any:
             if run.best_iteration is not None and run.best_iteration in xs:
                 y = ys[xs.index(run.best_iteration)]
                 top.plot([run.best_iteration], [y], marker="*", markersize=12, color=tone,
-                         markeredgecolor="black", markeredgewidth=0.6, linestyle="none")
+                         markeredgecolor="black", markeredgewidth=0.6, linestyle="none",
+                         clip_on=False)  # whole at 100 %, where the axis ends
         if axis_label and "MSE" in axis_label:
             top.set_yscale("log")
         elif axis_label:  # accuracy: never a scale past 100 %
@@ -618,7 +619,9 @@ def rfm(runs: Sequence[RFMRun]) -> Any:
         top.set_xlabel("iteration (0 = plain kernel regression, M = I)")
         top.set_ylabel(axis_label or "score")
         top.xaxis.get_major_locator().set_params(integer=True)
-        top.legend(frameon=False, title="★ = kept (best on validation)", loc="best")
+        # beside the axes, never over a curve: accuracy curves end at the top right
+        top.legend(frameon=False, title="★ = kept (best on validation)", loc="upper left",
+                   bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
         if panels:
             cells = grid[1].subgridspec(1, len(panels))
             image = None

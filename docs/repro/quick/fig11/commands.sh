@@ -11,3 +11,4 @@ fact train linear --dataset teacher-linear:d=10,c=10,n=100,seed=0 --depth 4 --op
 fact analyze fig11/linear_L4.pt --relations fact,nfa --device cpu --format jsonl --report fig11/linear_L4.h5 > fig11/linear_L4.jsonl
 fact train linear --dataset teacher-linear:d=10,c=10,n=100,seed=0 --depth 5 --optimizer gd --lr 0.1 --dtype float64 --weight-decay 0.001 --epochs 500 --polish 100 --out fig11/linear_L5.pt --quiet --device cpu
 fact analyze fig11/linear_L5.pt --relations fact,nfa --device cpu --format jsonl --report fig11/linear_L5.h5 > fig11/linear_L5.jsonl
+fact plot fig11/linear_L4.h5 --kind alpha --device cpu --dpi 100 --out fig11/alpha_L4.png

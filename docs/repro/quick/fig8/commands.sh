@@ -15,3 +15,4 @@ fact analyze fig8/mlp_epoch070.pt --relations fact,fact_sqrt,bfact,bfact_sqrt --
 fact analyze fig8/mlp_epoch080.pt --relations fact,fact_sqrt,bfact,bfact_sqrt --device cpu --format jsonl --report fig8/mlp_epoch080.h5 > fig8/mlp_epoch080.jsonl
 fact analyze fig8/mlp_epoch090.pt --relations fact,fact_sqrt,bfact,bfact_sqrt --device cpu --format jsonl --report fig8/mlp_epoch090.h5 > fig8/mlp_epoch090.jsonl
 fact analyze fig8/mlp_epoch100.pt --relations fact,fact_sqrt,bfact,bfact_sqrt --device cpu --format jsonl --report fig8/mlp_epoch100.h5 > fig8/mlp_epoch100.jsonl
+fact plot fig8/mlp_epoch000.h5 fig8/mlp_epoch010.h5 fig8/mlp_epoch020.h5 fig8/mlp_epoch030.h5 fig8/mlp_epoch040.h5 fig8/mlp_epoch050.h5 fig8/mlp_epoch060.h5 fig8/mlp_epoch070.h5 fig8/mlp_epoch080.h5 fig8/mlp_epoch090.h5 fig8/mlp_epoch100.h5 --kind epochs --relations fact,fact_sqrt --dpi 100 --out fig8/epochs.png

@@ -11,3 +11,4 @@ fact train quadratic --dataset separation:tau=0.3 --optimizer adam --lr 0.01 --w
 fact analyze sec6/quadratic_tau0.3.pt --relations fact,nfa --device cpu --format jsonl --report sec6/quadratic_tau0.3.h5 > sec6/quadratic_tau0.3.jsonl
 fact train quadratic --dataset separation:tau=1 --optimizer adam --lr 0.01 --weight-decay 0.001 --epochs 2000 --polish 1000 --out sec6/quadratic_tau1.pt --quiet --device cpu
 fact analyze sec6/quadratic_tau1.pt --relations fact,nfa --device cpu --format jsonl --report sec6/quadratic_tau1.h5 > sec6/quadratic_tau1.jsonl
+fact plot sec6/quadratic_tau0.1.h5 --kind matrices --relations fact,nfa --dpi 100 --out sec6/matrices_tau0.1.png
