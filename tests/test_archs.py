@@ -98,22 +98,47 @@ def test_fact_train_transformer_on_modular_tokens(tmp_path):
     assert stored.training["train_loss"] > 0  # cross-entropy of integer-input batches
 
 
-def test_without_layernorm_a_transformer_reaches_a_critical_point():
-    """LayerNorm makes L_data invariant to the joint scale of embed, pos, out_proj and mlp.2, so
-    with λ > 0 their stationarity cannot vanish; `norm="none"` has critical points."""
-    options = dict(arch="transformer", dataset="modular:p=5,tokens=yes,train_frac=0.6",
-                   width=12, depth=1, heads=2, loss="cross_entropy", optimizer="adam", lr=0.01,
-                   weight_decay=1e-2, epochs=300, dtype="float64", device="cpu")
-    plain = train(**options, norm="none", polish=600)
-    assert plain.checkpoint.model["norm"] == "none"
-    assert not any(isinstance(m, torch.nn.LayerNorm) for m in plain.checkpoint.build().modules())
-    # (L-BFGS: torch.func's Hessian does not go through nn.MultiheadAttention)
-    assert max(plain.stationarity.values()) < 1e-3, plain.stationarity  # 1e-5 after 1,000
-    normed = train(**options, polish=300)
-    assert "norm" not in normed.checkpoint.model  # the default is not recorded: old runs resume
-    writers = [normed.stationarity[name] for name in ("embed", "pos", "blocks.0.attn.out_proj",
-                                                      "blocks.0.mlp.2")]
-    assert min(writers) > 0.5, normed.stationarity  # 0.7–1.4 after 1,000 steps
+def test_fact_holds_at_a_critical_point_of_a_transformer_without_layernorm():
+    """The theorem on the built-in transformer (q/k/v blocks included): `fact train --norm none`
+    with a Newton polish (attention through the math kernel, which has forward-mode AD)."""
+    from factcli.engine.analysis import analyze
+
+    torch.manual_seed(0)
+    data = load_dataset("modular:p=5,tokens=yes,train_frac=0.6")
+    result = train(arch="transformer", dataset="modular", data=data, width=4, heads=2, depth=1,
+                   norm="none", activation="tanh", epochs=300, batch_size=64, optimizer="adam",
+                   lr=0.01, weight_decay=1e-3, loss="cross_entropy", dtype="float64", polish=60,
+                   device="cpu")
+    assert result.checkpoint.model["norm"] == "none"
+    assert result.training["polish"]["method"] == "newton"
+    assert max(result.training["stationarity"].values()) < 1e-10
+    analysis = analyze(result.checkpoint, data)  # λ and the loss from the training record
+    names = [layer.name for layer in analysis.layers]
+    assert {"blocks.0.attn.in_proj:q", "blocks.0.attn.in_proj:k", "blocks.0.attn.in_proj:v",
+            "embed", "pos", "head"} <= set(names)
+    for layer in analysis.layers:
+        for name in ("fact", "bfact"):
+            assert layer.metrics[name]["rel_err"] < 1e-6, (layer.name, name)
+
+
+def test_with_layernorm_the_data_loss_ignores_the_scale_of_the_residual_writers():
+    """Why --norm layer has no critical point for λ > 0: L_data(cθ_writers) = L_data(θ_writers)
+    (up to LayerNorm's ε), so ⟨∇L_data, θ_writers⟩ = 0 while ⟨λθ, θ_writers⟩ = λ‖θ_writers‖²."""
+    from factcli.engine.losses import per_sample_loss
+
+    torch.manual_seed(0)
+    data = load_dataset(MODULAR_TINY)
+    model = build_model(TRANSFORMER).double()
+    per_sample_loss("cross_entropy", model(data.x_train), data.y_train).mean().backward()
+    writers = [p for name, p in model.named_parameters()
+               if name.startswith(("embed.", "pos.")) or ".attn.out_proj." in name
+               or ".mlp.2." in name]
+    inner = sum(float((p.grad * p.detach()).sum()) for p in writers)
+    size = (sum(float(p.grad.pow(2).sum()) for p in writers)
+            * sum(float(p.detach().pow(2).sum()) for p in writers)) ** 0.5
+    assert abs(inner) < 1e-3 * size
+    plain = build_model({**TRANSFORMER, "norm": "none"})
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in plain.modules())
 
 
 def test_modular_tokens_are_the_sequence_a_b_equals():

@@ -40,7 +40,11 @@ def polish(model: nn.Module, d: FullData, loss: str, weight_decay: float, max_st
     model.double()
     size = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if size <= NEWTON_MAX_PARAMS:
-        return _newton(model, d, loss, weight_decay, max_steps, callback, should_stop)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        # attention's fused CPU kernel has no forward-mode derivative (the Hessian needs one)
+        with sdpa_kernel(SDPBackend.MATH):
+            return _newton(model, d, loss, weight_decay, max_steps, callback, should_stop)
     return _lbfgs(model, d, loss, weight_decay, max_steps, callback, should_stop)
 
 
