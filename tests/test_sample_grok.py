@@ -1,6 +1,6 @@
-"""The shipped grokking transformer (sample_checkpoints/README.md): what its training record and
-the README claim, recomputed from the file — accuracies from the model's own predictions,
-stationarity and the FACT/NFA table from `analyze`."""
+"""The shipped grokking transformers (sample_checkpoints/README.md): what their training records
+and the README claim, recomputed from the files — accuracies from the model's own predictions,
+stationarity and the FACT/NFA tables from `analyze`."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from factcli.io.checkpoint import load_checkpoint
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).parent.parent
-SAMPLE = ROOT / "sample_checkpoints" / "transformer_mod59.pt"
+SAMPLES = ("transformer_mod59.pt", "transformer_nonorm_mod59.pt")
 COLUMNS = ("fact", "fact_sqrt", "nfa", "enfa", "bfact", "bnfa")
 
 
-def readme_table() -> dict[str, dict[str, float]]:
+def readme_table(sample: str) -> dict[str, dict[str, float]]:
     """The `fact analyze` table of the sample's README section: layer → column → value."""
     text = (ROOT / "sample_checkpoints" / "README.md").read_text()
-    section = text.split("## `transformer_mod59.pt`", 1)[1].split("\n## ", 1)[0]
+    section = text.split(f"## `{sample}`", 1)[1].split("\n## ", 1)[0]
     lines = section[section.index("| layer |"):].splitlines()
     header = [cell.strip() for cell in lines[0].strip(" |").split("|")]
     rows = {}
@@ -36,9 +36,11 @@ def readme_table() -> dict[str, dict[str, float]]:
     return rows
 
 
-def test_the_sample_is_small_and_generalizes():
-    assert SAMPLE.stat().st_size < 1_000_000
-    checkpoint = load_checkpoint(SAMPLE)
+@pytest.mark.parametrize("sample", SAMPLES)
+def test_the_sample_is_small_and_generalizes(sample):
+    path = ROOT / "sample_checkpoints" / sample
+    assert path.stat().st_size < 1_000_000
+    checkpoint = load_checkpoint(path)
     training = checkpoint.training
     data = load_dataset(training["dataset"])
     model = checkpoint.build().eval()
@@ -51,10 +53,11 @@ def test_the_sample_is_small_and_generalizes():
     assert training["weight_decay"] > 0 and training["optimizer"] != "adamw"
 
 
-def test_the_readme_table_is_what_analyze_computes():
-    checkpoint = load_checkpoint(SAMPLE)
+@pytest.mark.parametrize("sample", SAMPLES)
+def test_the_readme_table_is_what_analyze_computes(sample):
+    checkpoint = load_checkpoint(ROOT / "sample_checkpoints" / sample)
     result = analyze(checkpoint, relations=list(COLUMNS))
-    table = readme_table()
+    table = readme_table(sample)
     layers = {layer.name: layer for layer in result.layers}
     assert set(table) == set(layers)
     assert {"blocks.0.attn.in_proj:q", "blocks.0.attn.in_proj:k",
@@ -70,3 +73,7 @@ def test_the_readme_table_is_what_analyze_computes():
         for column in COLUMNS:  # the README prints three decimals
             assert layer.metrics[column]["pearson"] == pytest.approx(row[column], abs=6e-4), \
                 (name, column)
+    if checkpoint.model.get("norm") == "none":  # a critical point: FACT holds everywhere
+        assert max(layer.stationarity for layer in result.layers) < 0.05
+        assert min(layer.metrics[name]["pearson"] for layer in result.layers
+                   for name in ("fact", "bfact")) > 0.9995
