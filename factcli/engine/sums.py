@@ -134,7 +134,8 @@ class Sums:
                                   projected=sums.projected) for name, sums in self.layers.items()}
         return Sums(layers, self.loss / total, self.correct / total, self.weight / total,
                     Counter(self.uses), Counter(self.flipped), dict(self.unseen),
-                    set(self.shared), self.batches, self.probes, self.outputs)
+                    set(self.shared), batches=self.batches, probes=self.probes,
+                    outputs=self.outputs)
 
 
 def model_output(value) -> torch.Tensor:
