@@ -61,7 +61,7 @@ class Probing:
         if isinstance(probes, int) and (probes < GROUPS or probes % GROUPS):
             raise FactError(f"--agop-probes must be a positive multiple of {GROUPS} (the "
                             f"probes form {GROUPS} groups for the error bars; got {probes})")
-        kind = kind or "rademacher"
+        kind = "rademacher" if kind is None else kind
         if kind not in PROBE_KINDS:
             raise FactError(f"unknown --probe-kind {kind!r}; choose rademacher or gaussian")
         seed = 0 if seed is None else seed
