@@ -28,10 +28,10 @@ from tests.test_sequence import TINY, CausalTwin, ragged, twin_name
 SKETCHED = ("agop", "nfa", "bagop", "bnfa")
 
 
-def wide_plan(c=200, n=8, **options):
-    """A float64 MLP 6 → 12 → 12 → c (c = 200 outputs) on n samples, AGOP family only."""
+def wide_plan(c=200, n=8, width=12, **options):
+    """A float64 MLP 6 → width → width → c on n samples, AGOP family only."""
     torch.manual_seed(0)
-    model = mlp(6, c, 12, 3).double()
+    model = mlp(6, c, width, 3).double()
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(n, 6, generator=generator, dtype=torch.float64)
     y = torch.randn(n, c, generator=generator, dtype=torch.float64)
@@ -71,18 +71,22 @@ def test_the_mean_of_sketches_converges_to_the_exact_agop_like_one_over_root_pro
 
 
 def test_three_standard_errors_cover_the_exact_metric_in_95_percent_of_100_seeds():
-    """Hidden layers, 32 samples, 128 probes (16 per group): there the attenuation of a correlation by the
-    probe noise (order 1/S) is small beside its spread (order 1/√S), the setting in which a
-    standard error can cover (relations.md §8); the jackknife over 8 groups then follows a
-    t-distribution with 7 degrees of freedom, P(|t| < 3) = 0.98."""
-    plan = wide_plan(n=32, agop_probes="exact", layers=["0", "2"])
+    """MLP 6 → 32 → 32 → 300, 8 samples, 32 probes (4 per group): here a correlation of the
+    noisy sketch is pulled towards 0 by up to 11 of its spreads (order 1/S beside 1/√S), so
+    the uncorrected metric lay within 3 s.e. of the exact one in only 0–97 of 100 seeds
+    (measured by hand); the jackknife's bias correction removes that term (relations.md §8),
+    and the corrected metric over 8 groups follows a t-distribution with 7 degrees of freedom,
+    P(|t| < 3) = 0.98. Every sketched relation of the hidden layers and the head's forward
+    ones; the head's backward Gram is G_i = I (300 × 300 from 256 probes), which no
+    first-order correction reaches (§8)."""
+    plan = wide_plan(c=300, n=8, width=32, agop_probes="exact")
     exact = plan.finish(plan.accumulate())
     hits: dict[tuple[str, str, str], int] = {}
     for seed in range(100):
-        sketch = probed(plan, 128, seed)
+        sketch = probed(plan, 32, seed)
         result = sketch.finish(sketch.accumulate())
         for truth, layer in zip(exact.layers, result.layers):
-            for relation in SKETCHED:
+            for relation in SKETCHED if layer.name != "4" else ("agop", "nfa"):
                 for metric in ("pearson", "cosine"):
                     value = layer.metrics[relation][metric]
                     se = layer.metrics[relation][metric + "_se"]
@@ -90,7 +94,7 @@ def test_three_standard_errors_cover_the_exact_metric_in_95_percent_of_100_seeds
                     key = (layer.name, relation, metric)
                     hits[key] = hits.get(key, 0) + (abs(value - truth.metrics[relation][metric])
                                                     <= 3 * se)
-    assert min(hits.values()) >= 95, hits
+    assert len(hits) == 20 and min(hits.values()) >= 95, hits
 
 
 def test_a_sketch_does_not_depend_on_batches_and_changes_only_the_agop_family():

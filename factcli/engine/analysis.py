@@ -412,10 +412,11 @@ def _metrics(W: torch.Tensor, grad: torch.Tensor, matrices: dict[str, Matrix],
 def _add_errors(metrics: dict[str, dict[str, float]], W: torch.Tensor, total: LayerSums,
                 weight_decay: float | None, alpha: float, kept: tuple[str, ...],
                 thin: tuple[bool, bool] = (False, False)) -> None:
-    """`<metric>_se` of every relation of a sketched analysis: the delete-one-group jackknife
-    over the GROUPS groups of probes for those built from the Jacobians (relations.md §8), 0
-    for the others (no probe enters them), NaN where the metric is undefined or the layer kept
-    no group sums."""
+    """The delete-one-group jackknife of a sketched analysis (relations.md §8) over the GROUPS
+    groups of probes: each metric of a relation built from the Jacobians is replaced by its
+    bias-corrected value and gets `<metric>_se`; the others (no probe enters them) get s.e. 0.
+    A layer that kept no group sums, or a metric undefined in any replica, keeps the plain
+    value with s.e. NaN."""
     sketched = tuple(r for r in kept if r in rel.AGOP_FAMILY)
     replicas = []
     sketched_sum = None if total.groups is None else total.groups.sum(dim=0)
@@ -430,22 +431,22 @@ def _add_errors(metrics: dict[str, dict[str, float]], W: torch.Tensor, total: La
     for relation, values in metrics.items():
         for metric in list(values):
             if relation not in sketched:
-                error = 0.0 if values[metric] == values[metric] else math.nan
-            elif replicas:
-                error = jackknife([replica[relation][metric] for replica in replicas])
-            else:
-                error = math.nan
-            values[f"{metric}_se"] = error
+                values[f"{metric}_se"] = 0.0 if values[metric] == values[metric] else math.nan
+                continue
+            values[metric], values[f"{metric}_se"] = jackknife(
+                values[metric], [replica[relation][metric] for replica in replicas])
 
 
-def jackknife(replicas: list[float]) -> float:
-    """The delete-one jackknife standard error from the G leave-one-group-out values:
-    √((G−1)/G · Σ (θ₋g − mean)²); NaN when any is undefined."""
+def jackknife(value: float, replicas: list[float]) -> tuple[float, float]:
+    """The delete-one jackknife of `value` from its G leave-one-group-out values θ₋g:
+    (G·value − (G−1)·θ̄, √((G−1)/G · Σ (θ₋g − θ̄)²)), which removes the order-1/S bias of a
+    nonlinear function of the sketch; (value, NaN) without replicas or when any is undefined."""
     values = torch.tensor(replicas, dtype=torch.float64)
-    if not torch.isfinite(values).all():
-        return math.nan
+    if not len(values) or not torch.isfinite(values).all():
+        return value, math.nan
     count = len(values)
-    return float(((count - 1) / count * (values - values.mean()).pow(2).sum()).sqrt())
+    corrected = count * value - (count - 1) * float(values.mean())
+    return corrected, float(((count - 1) / count * (values - values.mean()).pow(2).sum()).sqrt())
 
 
 def _available(name: str, W: torch.Tensor, sums: Sums, names: tuple[str, ...],
