@@ -107,7 +107,7 @@ def test_fact_holds_at_a_critical_point_of_a_transformer_without_layernorm():
     data = load_dataset("modular:p=5,tokens=yes,train_frac=0.6")
     result = train(arch="transformer", dataset="modular", data=data, width=4, heads=2, depth=1,
                    norm="none", activation="tanh", epochs=300, batch_size=64, optimizer="adam",
-                   lr=0.01, weight_decay=1e-3, loss="cross_entropy", dtype="float64", polish=60,
+                   lr=0.01, weight_decay=1e-3, loss="cross_entropy", dtype="float64", polish=200,
                    device="cpu")
     assert result.checkpoint.model["norm"] == "none"
     assert result.training["polish"]["method"] == "newton"
