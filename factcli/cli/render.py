@@ -213,8 +213,9 @@ def footer(analysis: Analysis, metric: str) -> str:
     if probes not in (None, "exact"):
         parts.append(f"AGOP family sketched: {probes} {info.get('probe_kind')} probes per "
                      f"sample (seed {info.get('probe_seed')}) over its {info.get('agop_outputs')}"
-                     f" outputs; ± = jackknife standard error over {info.get('probe_groups')} "
-                     "groups of probes (relations.md §8)")
+                     f" outputs; its metrics bias-corrected and ± their standard error, by a "
+                     f"jackknife over {info.get('probe_groups')} groups of probes (relations.md "
+                     "§8)")
     if outputs not in (None, "all"):
         parts.append(f"AGOP family over --outputs {outputs} only ({info.get('agop_outputs')} "
                      "outputs per sample)")

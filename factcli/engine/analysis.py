@@ -311,7 +311,8 @@ def _probed(sums: Sums, info: dict[str, Any], warnings: list[str]) -> dict[str, 
     if sums.probes is not None and info.get("agop_probes_requested", "auto") == "auto":
         warnings.append(f"AGOP family sketched: {sums.outputs} outputs per sample, "
                         f"{sums.probes} {info.get('probe_kind')} probes (seed "
-                        f"{info.get('probe_seed')}), ± = jackknife s.e. over {GROUPS} groups; "
+                        f"{info.get('probe_seed')}), bias-corrected ± s.e. by a jackknife over "
+                        f"{GROUPS} groups; "
                         "--agop-probes exact sums every output")
     return {"agop_probes": "exact" if sums.probes is None else sums.probes,
             "agop_outputs": sums.outputs}
