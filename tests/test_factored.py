@@ -177,6 +177,20 @@ def test_factored_relations_equal_the_dense_ones(tiny_lm):
         assert "not computed (" in thin.layer(name).note
 
 
+def test_a_thin_side_shares_its_arrays(tiny_lm):
+    """The memory of a thin side: FACT's step and FACT_sym's factors are views of one
+    [W/2, step, W/2] panel, NFM's factors are W itself, FACT_sqrt = X Xᵀ holds X once."""
+    _, _, _, thin = tiny_lm
+    for name, prefix in (("embed", ""), ("head", "b")):
+        held = thin.layer(name).matrices
+        fact, sym, root = (held[prefix + key] for key in ("fact", "fact_sym", "fact_sqrt"))
+        nfm = held[prefix + "nfm"]
+        step = fact.R if prefix == "" else fact.L
+        panel = sym.L.untyped_storage().data_ptr()
+        assert sym.R.untyped_storage().data_ptr() == step.untyped_storage().data_ptr() == panel
+        assert nfm.L.data_ptr() == nfm.R.data_ptr() and root.L is root.R
+
+
 def test_factored_relations_match_the_oracle(tiny_lm):
     model, data, _, thin = tiny_lm
     modules = dict(model.named_modules())

@@ -285,19 +285,20 @@ def _adamw_layers(network: nn.Module, chosen: list[Layer], moments: dict[str, Pr
 def finish(weights: dict[str, tuple[str, torch.Tensor]], penalty: float, sums: Sums,
            info: dict[str, Any], warnings: list[str], classified: bool,
            adamw: dict[str, tuple[torch.Tensor, float]] | None = None) -> Analysis:
-    """The `Analysis` from the raw sums over all samples: finalize them (divide by Σ w_i),
-    then the relations and metrics of every layer (`weights`: name → (kind, W); `adamw`:
-    name → (√v̂ + ε as W, λ), for `fact_adamw`)."""
-    final, warnings = sums.finalize(), list(warnings)
-    info = {**info, **_probed(final, info, warnings)}
+    """The `Analysis` from the raw sums over all samples: the relations and metrics of every
+    layer from its means (its sums divided by Σ w_i, formed one layer at a time so that a
+    single layer's copy is held beside the sums), `weights`: name → (kind, W); `adamw`:
+    name → (√v̂ + ε as W, λ), for `fact_adamw`."""
+    total, warnings = sums.total_weight(), list(warnings)
+    info = {**info, **_probed(sums, info, warnings)}
     weight_decay = info["weight_decay"]
     names, alpha, max_dense = tuple(info["relations"]), info["alpha"], info["max_dense"]
-    results = [_layer_result(name, kind, W, final, weight_decay, alpha, names, max_dense,
+    results = [_layer_result(name, kind, W, sums, weight_decay, alpha, names, max_dense,
                              warnings, (adamw or {}).get(name))
                for name, (kind, W) in weights.items()]
-    data_loss = float(final.loss)
+    data_loss = float(sums.loss) / total
     info = {**info, "data_loss": data_loss,
-            "accuracy": float(final.correct) if classified else math.nan,
+            "accuracy": float(sums.correct) / total if classified else math.nan,
             "objective": data_loss + 0.5 * weight_decay * penalty
             if rel.has_scale(weight_decay) else math.nan}
     return Analysis(results, info, warnings)
@@ -375,30 +376,36 @@ def _layer_result(name: str, kind: str, W: torch.Tensor, sums: Sums,
                   weight_decay: float | None, alpha: float, names: tuple[str, ...],
                   max_dense: int | None, warnings: list[str],
                   adamw: tuple[torch.Tensor, float] | None = None) -> LayerResult:
-    total = sums.layers[name]
+    """One layer's relations and metrics from the raw `sums` (its means formed here); a side
+    held as factors gets one basis (`relations.side_basis`) for its relations, its metrics
+    and every jackknife replica."""
+    total = sums.mean(name)
+    stationarity = rel.stationarity(W, total, weight_decay)  # before the factors: its copies of W
     thin = thin_sides(*W.shape, max_dense)
     kept, note = _available(name, W, sums, names, thin[0], warnings, adamw is not None)
-    matrices, fitted = rel.compute(W, total, weight_decay, alpha, kept, adamw, thin)
+    basis = rel.side_basis(W, total.grad, thin)
+    matrices, fitted = rel.compute(W, total, weight_decay, alpha, kept, adamw, thin, basis)
     matrices = {key: value.cpu() for key, value in matrices.items()}
-    metrics = _metrics(W, total.grad, matrices, kept, weight_decay)
+    held = None if basis is None else basis.cpu()
+    metrics = _metrics(matrices, kept, weight_decay, held)
     if sums.probes is not None:
-        _add_errors(metrics, W, total, weight_decay, alpha, kept, thin)
+        _add_errors(metrics, W, total, weight_decay, alpha, kept, thin, basis)
         if total.groups is None and rel.AGOP_FAMILY.intersection(kept):
             side = total.GG.shape[0]
             note = "; ".join(filter(None, [note, f"no s.e. ({GROUPS} group sums of "
                                                 f"{side}×{side} too large)"]))
     return LayerResult(name, W.shape[1], W.shape[0],
-                       rel.stationarity(W, total, weight_decay), matrices, metrics, *fitted,
+                       stationarity, matrices, metrics, *fitted,
                        kind=kind, uses=sums.uses[name], note=note)
 
 
-def _metrics(W: torch.Tensor, grad: torch.Tensor, matrices: dict[str, Matrix],
-             relations: tuple[str, ...], weight_decay: float | None
+def _metrics(matrices: dict[str, Matrix], relations: tuple[str, ...],
+             weight_decay: float | None, basis: torch.Tensor | None
              ) -> dict[str, dict[str, float]]:
     """Every metric of each relation against its reference (rel_err only for the FACT family
-    with a known λ, and fact_adamw); matrices held as factors compared in one basis
-    (`relations.metric_operands`)."""
-    operands = rel.metric_operands(W.cpu(), grad.cpu(), matrices)
+    with a known λ, and fact_adamw); matrices held as factors compared in their side's
+    `basis` (`relations.metric_operands`)."""
+    operands = rel.metric_operands(matrices, basis)
     metrics = {}
     for relation in relations:  # fact_adamw's step ∇W/√v̂ leaves span[W, ∇W]: its own factors
         held = matrices if relation in rel.NEEDS_OPTIMIZER else operands
@@ -412,7 +419,8 @@ def _metrics(W: torch.Tensor, grad: torch.Tensor, matrices: dict[str, Matrix],
 
 def _add_errors(metrics: dict[str, dict[str, float]], W: torch.Tensor, total: LayerSums,
                 weight_decay: float | None, alpha: float, kept: tuple[str, ...],
-                thin: tuple[bool, bool] = (False, False)) -> None:
+                thin: tuple[bool, bool] = (False, False),
+                basis: torch.Tensor | None = None) -> None:
     """The delete-one-group jackknife of a sketched analysis (relations.md §8) over the GROUPS
     groups of probes: each metric of a relation built from the Jacobians is replaced by its
     bias-corrected value and gets `<metric>_se`; the others (no probe enters them) get s.e. 0.
@@ -427,8 +435,10 @@ def _add_errors(metrics: dict[str, dict[str, float]], W: torch.Tensor, total: La
         rest = total.GG + (sketched_sum - GROUPS * total.groups[group]) / (GROUPS - 1)
         matrices, _ = rel.compute(W, LayerSums(total.grad, total.gg, rest,
                                                projected=total.projected),
-                                  weight_decay, alpha, sketched, thin=thin)
-        replicas.append(_metrics(W, total.grad, matrices, sketched, weight_decay))
+                                  weight_decay, alpha, sketched, thin=thin, basis=basis)
+        matrices = {key: value.cpu() for key, value in matrices.items()}
+        replicas.append(_metrics(matrices, sketched, weight_decay,
+                                 None if basis is None else basis.cpu()))
     for relation, values in metrics.items():
         for metric in list(values):
             if relation not in sketched:

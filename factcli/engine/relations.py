@@ -75,15 +75,17 @@ def stationarity(W: torch.Tensor, sums: LayerSums, weight_decay: float | None) -
 
 def compute(W: torch.Tensor, sums: LayerSums, weight_decay: float | None, alpha: float,
             names: tuple[str, ...], adamw: tuple[torch.Tensor, float] | None = None,
-            thin: tuple[bool, bool] = (False, False)
+            thin: tuple[bool, bool] = (False, False), basis: torch.Tensor | None = None
             ) -> tuple[dict[str, Matrix], tuple[float, float]]:
     """NFM, bNFM and the requested relations, all float64 (k×k forward, m×m backward), and
     the NFA power α that fits NFM best (see `best_alpha`). `adamw` is (√v̂ + ε as a matrix
     like W, AdamW's λ), needed for `fact_adamw` only.
 
     `thin` = (forward, backward) (`factored.thin_sides`): that side's matrices are returned as
-    `Factored` products of thin factors, never formed. A layer with projected sums (its
-    backward side thin) gives its AGOP and ENFA from them and no bAGOP, bNFA or bENFA.
+    `Factored` products of thin factors, never formed, which share their p-row arrays where
+    they can (`_panel`); `basis` is that side's `side_basis` (formed here if not given). A
+    layer with projected sums (its backward side thin) gives its AGOP and ENFA from them and
+    no bAGOP, bNFA or bENFA.
     """
     W = W.double()
     scale = 1.0 / weight_decay if has_scale(weight_decay) else 1.0
@@ -91,20 +93,34 @@ def compute(W: torch.Tensor, sums: LayerSums, weight_decay: float | None, alpha:
     forward, backward = thin
     if sums.projected and set(UNFACTORED).intersection(names):
         raise ValueError("projected sums give no bAGOP, bNFA or bENFA")
+    if (forward or backward) and basis is None:
+        basis = side_basis(W, sums.grad, thin)
+    halves = None  # the thin side's FACT_sym, as views of one panel that also holds its step
+    if forward and "fact_sym" in names or backward and "bfact_sym" in names:
+        panel = _panel(W.mT if forward else W, step.mT if forward else step)
+        r = panel.shape[1] // 3
+        step = panel[:, r:2 * r].mT if forward else panel[:, r:2 * r]
+        halves = Factored(panel[:, :2 * r], panel[:, r:])
 
     def product(left: torch.Tensor, right: torch.Tensor, factored: bool) -> Matrix:
         """left @ right.mT, held as factors when `factored`."""
         return Factored(left, right) if factored else left @ right.mT
 
     def sqrt(left: torch.Tensor, right: torch.Tensor, factored: bool) -> Matrix:
-        vectors, singular = sqrt_outer_factors(left, right)
-        return product(vectors * singular.unsqueeze(-2), vectors, factored)
+        """(A Aᵀ)^{1/2} for A = left @ right; a thin side's from the SVD of QᵀAQ in its basis Q
+        (A = Q QᵀAQ Qᵀ), as X Xᵀ with X = Q U S^{1/2}: no QR or SVD of p-row matrices."""
+        if not factored:
+            vectors, singular = sqrt_outer_factors(left, right)
+            return (vectors * singular.unsqueeze(-2)) @ vectors.mT
+        vectors, singular = sqrt_outer_factors(basis.mT @ left, right @ basis)
+        root = basis @ (vectors * singular.sqrt().unsqueeze(-2))
+        return Factored(root, root)
 
     lazy = {
         "nfm": lambda: product(W.mT, W.mT, forward),
         "bnfm": lambda: product(W, W, backward),
         "fact": lambda: product(W.mT, step.mT, forward),
-        "fact_sym": lambda: _sym(get("fact")),
+        "fact_sym": lambda: halves if forward else _sym(get("fact")),
         "fact_sqrt": lambda: sqrt(W.mT, step, forward),
         "fact_adamw": lambda: product(W.mT, (-sums.grad / (adamw[1] * adamw[0].to(W))).mT,
                                       forward),
@@ -114,7 +130,7 @@ def compute(W: torch.Tensor, sums: LayerSums, weight_decay: float | None, alpha:
         "enfa": lambda: sums.gg.clone() if sums.projected else product(W.mT @ sums.gg, W.mT,
                                                                        forward),
         "bfact": lambda: product(step, W, backward),
-        "bfact_sym": lambda: _sym(get("bfact")),
+        "bfact_sym": lambda: halves if backward else _sym(get("bfact")),
         "bfact_sqrt": lambda: sqrt(step, W.mT, backward),
         "bagop": lambda: sums.GG.clone(),
         "bnfa": lambda: spectral_power(*_gram_spectrum(sums.GG), alpha),
@@ -134,25 +150,25 @@ def compute(W: torch.Tensor, sums: LayerSums, weight_decay: float | None, alpha:
     return matrices, fitted
 
 
-def metric_operands(W: torch.Tensor, grad: torch.Tensor, matrices: dict[str, Matrix]
+def side_basis(W: torch.Tensor, grad: torch.Tensor, thin: tuple[bool, bool]
+               ) -> torch.Tensor | None:
+    """One orthonormal basis of the side held as factors (None: neither is), span[W, ∇W, 1]
+    (Wᵀ and ∇Wᵀ for the forward side), which holds every relation of that side: its square
+    roots and its metrics are then formed from s×s matrices."""
+    forward, backward = thin
+    if not (forward or backward):
+        return None
+    W, grad = W.double(), grad.double()
+    return common_basis(W.mT, grad.mT) if forward else common_basis(W, grad)
+
+
+def metric_operands(matrices: dict[str, Matrix], basis: torch.Tensor | None
                     ) -> dict[str, Matrix | Core]:
     """What the metrics compare: each dense matrix itself, each `Factored` one as a `Core` in
-    one orthonormal basis of its side, span[W, ∇W, 1] (Wᵀ and ∇Wᵀ for the forward side), which
-    holds every relation of that side. The norms then cost s×s work, not a QR of the p-row
+    its side's `basis` (`side_basis`). The norms then cost s×s work, not a QR of the p-row
     factors per norm (for an LM head: 0.1 s instead of 15 s per layer)."""
-    W, grad = W.double(), grad.double()
-    bases: dict[int, torch.Tensor] = {}
-    operands: dict[str, Matrix | Core] = {}
-    for name, matrix in matrices.items():
-        if not isinstance(matrix, Factored):
-            operands[name] = matrix
-            continue
-        side = matrix.shape[0]
-        if side not in bases:  # forward (k = W's columns) or backward (m = its rows)
-            bases[side] = common_basis(W, grad) if side == W.shape[0] else \
-                common_basis(W.mT, grad.mT)
-        operands[name] = matrix.core(bases[side])
-    return operands
+    return {name: matrix.core(basis) if isinstance(matrix, Factored) else matrix
+            for name, matrix in matrices.items()}
 
 
 def agop_spectrum(W: torch.Tensor, GG: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,8 +209,21 @@ def spectral_power(eigenvalues: torch.Tensor, eigenvectors: torch.Tensor,
     return left @ right.mT
 
 
-def _sym(matrix: Matrix) -> Matrix:
+def _sym(matrix: torch.Tensor) -> torch.Tensor:
     return (matrix + matrix.mT) / 2
+
+
+def _panel(weight: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """[W/2, step, W/2] (p×3r) for a thin side's W and step (p×r each): FACT_sym =
+    ½(W stepᵀ + step Wᵀ) = L Rᵀ with L = [W/2, step] and R = [step, W/2], both views of it,
+    as is the step of FACT; three p×r arrays where FACT and the sum of FACT and FACTᵀ took
+    five (halving is exact)."""
+    p, r = weight.shape
+    panel = torch.empty(p, 3 * r, dtype=torch.float64, device=weight.device)
+    torch.mul(weight, 0.5, out=panel[:, :r])
+    panel[:, r:2 * r] = step
+    panel[:, 2 * r:] = panel[:, :r]
+    return panel
 
 
 def best_alpha(feature: Matrix, eigenvalues: torch.Tensor, eigenvectors: torch.Tensor,

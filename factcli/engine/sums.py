@@ -125,13 +125,22 @@ class Sums:
         self.shared |= other.shared
         self.batches += other.batches
 
-    def finalize(self) -> Sums:
-        """The weighted means (each total divided by Σ w_i), as a new `Sums`."""
+    def total_weight(self) -> float:
+        """Σ w_i over the samples seen (an error if none were)."""
         total = float(self.weight)
         if not total > 0:
             raise FactError("no samples were seen")
-        layers = {name: LayerSums(*(t / total for t in sums.tensors()),
-                                  projected=sums.projected) for name, sums in self.layers.items()}
+        return total
+
+    def mean(self, name: str) -> LayerSums:
+        """One layer's weighted means (each of its totals divided by Σ w_i)."""
+        total, sums = self.total_weight(), self.layers[name]
+        return LayerSums(*(t / total for t in sums.tensors()), projected=sums.projected)
+
+    def finalize(self) -> Sums:
+        """The weighted means (each total divided by Σ w_i), as a new `Sums`."""
+        total = self.total_weight()
+        layers = {name: self.mean(name) for name in self.layers}
         return Sums(layers, self.loss / total, self.correct / total, self.weight / total,
                     Counter(self.uses), Counter(self.flipped), dict(self.unseen),
                     set(self.shared), batches=self.batches, probes=self.probes,
@@ -266,7 +275,7 @@ def accumulate(model: nn.Module, layers: list[Layer], sums: Sums, x: torch.Tenso
         gradient = by_parameter[id(layer.parameter)]
         if gradient.is_sparse:  # nn.Embedding(sparse=True)
             gradient = gradient.to_dense()
-        sums.layers[layer.name].grad += layer.matrix(gradient).double()
+        sums.layers[layer.name].grad += layer.matrix(gradient)  # cast while adding: no copy
     for use, g in zip(uses, gs):
         rows = _projected(use.rows(g), bases.get(use.layer.name))
         _add_product(sums.layers[use.layer.name].gg, rows, rows)
