@@ -115,3 +115,20 @@ def test_hf_gpt2_wpe_is_exact_at_every_batch_size():
                                "next_token", 1e-3)
     for key in ("nfm", "bnfm", *DEFAULT_RELATIONS):
         assert relative(wpe.matrices[key], expected[key]) < 1e-10, key
+
+
+def test_the_probes_of_the_shared_use_test_may_run_one_at_a_time(monkeypatch):
+    """Blocks of probes within JACOBIAN_BUDGET (an LM's logits per probe are large): the same
+    answer with one probe per backward. T = n = 6, so the shared (T, d) use has an axis of the
+    batch's size."""
+    from factcli.engine import shared
+
+    generator = torch.Generator().manual_seed(4)
+    per_sample = torch.randn(6, 6, 3, dtype=torch.float64, generator=generator,
+                             requires_grad=True)
+    common = torch.randn(6, 3, dtype=torch.float64, generator=generator, requires_grad=True)
+    output = torch.tanh(per_sample + common).cumsum(1)[:, -1]
+    uses, channels = [per_sample, common], [2, 1]
+    together = shared.shared_uses(output, uses, channels)
+    monkeypatch.setattr(shared, "JACOBIAN_BUDGET", 1)
+    assert shared.shared_uses(output, uses, channels) == together == [False, True]

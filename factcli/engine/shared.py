@@ -16,6 +16,7 @@ same shapes, and the probes would otherwise double the cost of a small model's a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -26,7 +27,9 @@ from .sketch import JACOBIAN_BUDGET, probe_products
 def shared_uses(output: torch.Tensor, zs: list[torch.Tensor], channels: list[int]) -> list[bool]:
     """For each z (its output channels on axis `channels[j]`), whether it is shared by the
     batch: whether no axis of z assigns each of its indices to one sample whose outputs alone
-    reach it. `output` is the model output as (n, c)."""
+    reach it. `output` is the model output as (n, c). The probes run in blocks within
+    JACOBIAN_BUDGET, each block's products reduced to which indices it reaches before the
+    next: an LM's n×T×V logits are not held once per probe."""
     n = len(output)
     if n < 2 or not zs:
         return [False] * len(zs)
@@ -34,26 +37,40 @@ def shared_uses(output: torch.Tensor, zs: list[torch.Tensor], channels: list[int
     samples = torch.arange(n)
     # probe (b, v): random weights on the outputs of the samples whose bit b is v
     classes = torch.stack([(samples >> bit) & 1 == value for bit in range(bits)
-                           for value in (0, 1)])
-    generator = torch.Generator().manual_seed(0)
-    weights = torch.randn(output.shape, generator=generator, dtype=torch.float64)
-    products = probe_products(output, zs, (weights * classes.unsqueeze(-1)).to(output))
-
-    def owned(product: torch.Tensor, axis: int, owner: torch.Tensor) -> bool:
-        """Whether every probe's product vanishes at the indices of `axis` whose owner (a
-        sample) it does not weigh: then only the owner's outputs reach an index."""
-        moved = product.movedim(axis + 1, 1)  # (probes, size of the axis, ...)
-        return bool((moved[~classes[:, owner].to(moved.device)] == 0).all())
+                           for value in (0, 1)]).to(output.device)
+    generator = torch.Generator().manual_seed(0)  # drawn in the output's dtype: no n×c copy
+    weights = torch.randn(output.shape, generator=generator, dtype=output.dtype).to(
+        output.device)
 
     def layouts(size: int) -> list[torch.Tensor]:
         """Owners of the indices of an axis holding n samples × size/n positions, batch-major
         or position-major (attention flattens (T, n) into T·n rows)."""
-        index = torch.arange(size)
+        index = torch.arange(size, device=output.device)
         return [index // (size // n), index % n] if size % n == 0 else []
 
-    return [not any(axis != channel and owned(product, axis, owner)
-                    for axis, size in enumerate(z.shape) for owner in layouts(size))
-            for z, product, channel in zip(zs, products, channels)]
+    # (axis, owner) of each z that still assigns every index to one sample
+    candidates = [[(axis, owner) for axis, size in enumerate(z.shape) if axis != channel
+                   for owner in layouts(size)] for z, channel in zip(zs, channels)]
+    per_probe = (output.numel() + sum(z.numel() for z in zs)) * output.element_size()
+    block = max(1, JACOBIAN_BUDGET // per_probe)
+    for first in range(0, len(classes), block):
+        weighed = classes[first:first + block]  # (probes, n): the samples each probe weighs
+        products = probe_products(output, zs, weights * weighed.unsqueeze(-1))
+        for j, product in enumerate(products):
+            candidates[j] = [(axis, owner) for axis, owner in candidates[j]
+                             if _owned(product, axis, owner, weighed)]
+    return [not found for found in candidates]
+
+
+def _owned(product: torch.Tensor, axis: int, owner: torch.Tensor, weighed: torch.Tensor
+           ) -> bool:
+    """Whether each probe's product (a leading probe axis) vanishes at the indices of `axis`
+    whose owner (a sample) the probe does not weigh: then only the owner's outputs reach an
+    index. Reduced in place (max |·| over the other axes), never a copy of the product."""
+    others = tuple(d for d in range(product.ndim) if d not in (0, axis + 1))
+    reached = torch.linalg.vector_norm(product, ord=math.inf, dim=others) != 0 if others \
+        else product != 0  # (probes, size of the axis); NaN counts as reached
+    return not bool((reached & ~weighed[:, owner]).any())
 
 
 def unit_probes(output: torch.Tensor, scale: torch.Tensor | None, per_probe: int
