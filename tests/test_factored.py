@@ -191,6 +191,21 @@ def test_a_thin_side_shares_its_arrays(tiny_lm):
         assert nfm.L.data_ptr() == nfm.R.data_ptr() and root.L is root.R
 
 
+def test_the_table_legend_says_what_a_dash_stands_for(tiny_lm):
+    """The head's bagop, bnfa, benfa (no factors) print as –: not computed, not undefined;
+    a table with no – has no – in its legend."""
+    from factcli.cli.render import footer
+
+    _, _, dense, thin = tiny_lm
+    first = {name: footer(analysis, metric).splitlines()[0] for name, analysis, metric in
+             (("thin", thin, "pearson"), ("dense", dense, "pearson"),
+              ("both", thin, "rel_err"))}
+    assert first["thin"].endswith("; – = not computed for that layer (its note below says why)")
+    assert "–" not in first["dense"]
+    assert first["both"].endswith("; – = not defined, or not computed for that layer (its note "
+                                  "below says why)")  # rel_err of the AGOP family: no scale
+
+
 def test_factored_relations_match_the_oracle(tiny_lm):
     model, data, _, thin = tiny_lm
     modules = dict(model.named_modules())

@@ -159,8 +159,9 @@ def _print_text(grid: Grid) -> None:
             out.print("", soft_wrap=True)
 
 
-def legend(metric: str, best: str = "best per layer") -> str:
-    """What the marks and colours of an agreement table mean."""
+def legend(metric: str, best: str = "best per layer", dashes: str = "not defined") -> str:
+    """What the marks and colours of an agreement table mean; `dashes`: what a "–" in it
+    stands for ("": none appears)."""
     mark = "reverse video" if out.is_terminal else "*"
     if metric == "rel_err":
         scale = "green < 0.01 ≤ yellow < 0.1 ≤ red"
@@ -168,7 +169,25 @@ def legend(metric: str, best: str = "best per layer") -> str:
         scale = "green ≥ 0.99 > yellow ≥ 0.9 > red"
     colours = f"; colour: {metric} {scale}, stationarity green < 0.001 ≤ yellow < 0.1 ≤ red" \
         if out.is_terminal and not out.no_color else ""
-    return f"{mark} = {best}{colours}; – = not defined"
+    return f"{mark} = {best}{colours}" + (f"; – = {dashes}" if dashes else "")
+
+
+def dashes(analysis: Analysis, metric: str) -> str:
+    """What the "–" cells of `analysis`'s tables stand for: a relation another layer has but
+    this one was not given (an LM head's bagop held as factors: its note says why), or a value
+    that is not defined (NaN: rel_err or stationarity without λ, α* of a rank-1 AGOP); "" when
+    there is none."""
+    shown = {r for layer in analysis.layers for r in layer.metrics}
+    fitted = bool({"agop", "nfa"} & shown)
+    missing = any(r not in layer.metrics for layer in analysis.layers for r in shown)
+    undefined = any(
+        math.isnan(layer.stationarity) or fitted and (math.isnan(layer.best_alpha)
+                                                      or math.isnan(layer.best_alpha_pearson))
+        or any(math.isnan(values.get(metric, math.nan)) for values in layer.metrics.values())
+        for layer in analysis.layers)
+    return ", or ".join(filter(None, ["not defined" if undefined else "",
+                                      "not computed for that layer (its note below says why)"
+                                      if missing else ""]))
 
 
 def _grid(analysis: Analysis, relations: list[str], metric: str, title: str) -> Grid:
@@ -199,7 +218,7 @@ def footer(analysis: Analysis, metric: str) -> str:
     decay = info.get("weight_decay")
     parts = [
         f"metric: {metric} of each relation with WᵀW (forward) or WWᵀ (backward, b…); "
-        + legend(metric),
+        + legend(metric, dashes=dashes(analysis, metric)),
         f"λ = {decay if decay is not None else 'unknown (FACT unscaled)'} · α = {info.get('alpha')}"
         f" · loss {info.get('loss')} (mean over samples; "
         f"{LOSS_NOTES.get(info.get('loss'), 'mse = (1/c)‖f − y‖²')})",
