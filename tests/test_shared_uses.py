@@ -132,3 +132,36 @@ def test_the_probes_of_the_shared_use_test_may_run_one_at_a_time(monkeypatch):
     together = shared.shared_uses(output, uses, channels)
     monkeypatch.setattr(shared, "JACOBIAN_BUDGET", 1)
     assert shared.shared_uses(output, uses, channels) == together == [False, True]
+
+
+def test_merged_shards_of_a_shared_use_equal_the_single_run(tmp_path):
+    """fact merge of --shard parts: the same matrices, metrics and layer notes (the shared
+    use's included) as one run over all samples."""
+    import h5py
+
+    from factcli.engine.analysis import prepare
+    from factcli.errors import FactError
+    from factcli.io.partial import merge_partials, write_partial
+
+    torch.manual_seed(0)
+    model = BroadcastPositions().double().eval()
+    dataset = data(n=6)
+    options = dict(loss="cross_entropy", weight_decay=1e-3, batch_size=2)
+    single = analyze(model, dataset, **options)
+    plan = prepare(model, dataset, **options)
+    paths = [tmp_path / f"part-{index}.h5" for index in range(2)]
+    for index, (path, part) in enumerate(zip(paths, (slice(0, 3), slice(3, 6)))):
+        write_partial(path, plan, plan.accumulate(part), (index, 2), part)
+    merged = merge_partials([str(path) for path in paths])
+    assert SHARED_NOTE in single.layer("pos").note
+    for one, layer in zip(single.layers, merged.layers, strict=True):
+        assert layer.note == one.note, layer.name
+        for relation, values in layer.metrics.items():
+            assert values == pytest.approx(one.metrics[relation], rel=1e-10, nan_ok=True), \
+                (layer.name, relation)
+        for key, matrix in layer.matrices.items():
+            assert relative(matrix, one.matrices[key]) < 1e-12, (layer.name, key)
+    with h5py.File(paths[1], "r+") as handle:
+        handle.attrs["shared"] = '{"pos": 1}'
+    with pytest.raises(FactError, match="'shared' must be a JSON list of layer names"):
+        merge_partials([str(path) for path in paths])

@@ -91,7 +91,8 @@ def write_partial(path: str | os.PathLike, plan: Plan, sums: Sums, shard: tuple[
             classified=plan.classified, penalty=penalty, weight_sum=float(sums.weight),
             loss_sum=float(sums.loss), correct_sum=float(sums.correct),
             uses=json.dumps(sums.uses), flipped=json.dumps(sums.flipped),
-            unseen=json.dumps(sums.unseen), batches=sums.batches,
+            unseen=json.dumps(sums.unseen), shared=json.dumps(sorted(sums.shared)),
+            batches=sums.batches,
             probed=json.dumps({"probes": sums.probes, "outputs": sums.outputs}))
         layers = handle.create_group("layers", track_order=True)
         for name, (kind, W) in weights.items():
@@ -169,6 +170,7 @@ def _header(path: str) -> _Part:
                        for v in attrs[key].values()):
                 raise FactError(f"{path}: attribute {key!r} holds something other than counts")
         attrs["probed"] = _probed(attrs.get("probed"), path)
+        attrs["shared"] = _shared(attrs.get("shared"), path)
         options = attrs["options"]
         layers, grouped = {}, set()
         for name, group in handle.get("layers", {}).items():
@@ -209,6 +211,20 @@ def _probed(text: Any, path: str) -> dict[str, int | None]:
             v is None or isinstance(v, int) and not isinstance(v, bool) and v >= 1
             for v in value.values()):
         raise FactError(f"{path}: attribute 'probed' must be JSON {{probes, outputs}} counts")
+    return value
+
+
+def _shared(text: Any, path: str) -> list[str]:
+    """The `shared` attribute: the layers with a use shared by the whole batch, whose note
+    says so (absent in parts written before it: none)."""
+    if text is None:
+        return []
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise FactError(f"{path}: attribute 'shared' must be a JSON list of layer names")
     return value
 
 
@@ -278,7 +294,7 @@ def _read_sums(part: _Part) -> tuple[dict[str, tuple[str, torch.Tensor]], Sums]:
                for key in ("loss_sum", "correct_sum", "weight_sum")]
     return weights, Sums(layers, *scalars, uses=Counter(a["uses"]),
                          flipped=Counter(a["flipped"]), unseen=dict(a["unseen"]),
-                         batches=a["batches"], probes=a["probed"]["probes"],
+                         shared=set(a["shared"]), batches=a["batches"], probes=a["probed"]["probes"],
                          outputs=a["probed"]["outputs"])
 
 
