@@ -165,3 +165,22 @@ def test_merged_shards_of_a_shared_use_equal_the_single_run(tmp_path):
         handle.attrs["shared"] = '{"pos": 1}'
     with pytest.raises(FactError, match="'shared' must be a JSON list of layer names"):
         merge_partials([str(path) for path in paths])
+
+
+def test_a_sketch_leaves_a_shared_use_exact_with_no_error_bar():
+    """In a sketched analysis the shared use's GG is still summed sample by sample: its AGOP
+    family equals the exact one, with s.e. 0 and no "no s.e." note; the other layers are
+    sketched, with error bars."""
+    torch.manual_seed(0)
+    model = BroadcastPositions().double().eval()
+    dataset = data(n=6)
+    sketch, exact = (analyze(model, dataset, loss="cross_entropy", weight_decay=1e-3,
+                             batch_size=3, agop_probes=probes) for probes in (16, "exact"))
+    pos = sketch.layer("pos")
+    assert SHARED_NOTE in pos.note and "no s.e." not in pos.note
+    for relation in ("agop", "nfa", "bagop", "bnfa"):
+        values = pos.metrics[relation]
+        assert values["pearson_se"] == values["cosine_se"] == 0.0, relation
+        assert values["pearson"] == pytest.approx(exact.layer("pos").metrics[relation]["pearson"],
+                                                  abs=1e-12), relation
+    assert sketch.layer("lin").metrics["agop"]["pearson_se"] > 0

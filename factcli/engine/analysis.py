@@ -25,7 +25,7 @@ from .factored import thin_sides
 from .losses import check_loss, sample_accuracy
 from .metrics import METRICS, Matrix
 from .results import Analysis, LayerResult
-from .sketch import GROUPS, Probing
+from .sketch import GROUPS, Probing, has_groups
 from .sums import LayerSums, Sums, accumulate
 from .uses import Layer, analyzable, parameters
 
@@ -390,8 +390,8 @@ def _layer_result(name: str, kind: str, W: torch.Tensor, sums: Sums,
     metrics = _metrics(matrices, kept, weight_decay, held)
     if sums.probes is not None:
         _add_errors(metrics, W, total, weight_decay, alpha, kept, thin, basis)
-        if total.groups is None and rel.AGOP_FAMILY.intersection(kept):
-            side = total.GG.shape[0]
+        side = total.GG.shape[0]
+        if not has_groups(side) and rel.AGOP_FAMILY.intersection(kept):
             note = "; ".join(filter(None, [note, f"no s.e. ({GROUPS} group sums of "
                                                 f"{side}×{side} too large)"]))
     return LayerResult(name, W.shape[1], W.shape[0],
@@ -423,10 +423,12 @@ def _add_errors(metrics: dict[str, dict[str, float]], W: torch.Tensor, total: La
                 basis: torch.Tensor | None = None) -> None:
     """The delete-one-group jackknife of a sketched analysis (relations.md §8) over the GROUPS
     groups of probes: each metric of a relation built from the Jacobians is replaced by its
-    bias-corrected value and gets `<metric>_se`; the others (no probe enters them) get s.e. 0.
-    A layer that kept no group sums, or a metric undefined in any replica, keeps the plain
-    value with s.e. NaN."""
-    sketched = tuple(r for r in kept if r in rel.AGOP_FAMILY)
+    bias-corrected value and gets `<metric>_se`; the others (no probe enters them) get s.e. 0,
+    as do all of a layer whose every use is shared by the batch (its GG summed exactly, no
+    group sums though it could keep them). A layer too large for group sums, or a metric
+    undefined in any replica, keeps the plain value with s.e. NaN."""
+    exact = total.groups is None and has_groups(total.GG.shape[0])
+    sketched = () if exact else tuple(r for r in kept if r in rel.AGOP_FAMILY)
     replicas = []
     sketched_sum = None if total.groups is None else total.groups.sum(dim=0)
     for group in range(GROUPS if total.groups is not None and sketched else 0):
