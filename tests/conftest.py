@@ -3,12 +3,15 @@ script in subprocesses inherits the environment). No test touches the network or
 dataset cache: downloads are off and the cache is a fresh folder, unless a test (with its own
 local mirror) says otherwise."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["FACT_OFFLINE"] = "1"
 os.environ["FACT_DATA_DIR"] = tempfile.mkdtemp(prefix="factcli-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FACT_DATA_DIR"], ignore_errors=True)
 os.environ.pop("FACT_DATA_MIRROR", None)
 os.environ.pop("FACT_DATA_CHECKSUMS", None)
 
