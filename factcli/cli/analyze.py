@@ -135,7 +135,8 @@ MatrixDtype = Annotated[str, typer.Option(
 
 def check_outputs(format: str, report: Path | None, matrices: str | None, no_matrices: bool,
                   matrix_dtype: str) -> tuple:
-    """Refuse bad output options before any work; the matrices a report will store."""
+    """Refuse bad output options before any work; the matrices a report will store (none
+    without --report: the analysis then keeps none)."""
     from ..errors import FactError
     from ..io.report import MATRIX_DTYPES, choose_matrices
     from .render import FORMATS
@@ -144,7 +145,8 @@ def check_outputs(format: str, report: Path | None, matrices: str | None, no_mat
         raise FactError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
     if matrix_dtype not in MATRIX_DTYPES:
         raise FactError(f"unknown --matrix-dtype {matrix_dtype!r}; choose float32 or float64")
-    return () if no_matrices else choose_matrices(matrices)
+    chosen = () if no_matrices else choose_matrices(matrices)  # checked even without a report
+    return chosen if report is not None else ()
 
 
 def deliver(result, format: str, metric: str, report: Path | None, stored: tuple,
@@ -283,6 +285,7 @@ def analyze_command(
                        max_samples, seed, dtype, data_dir, trust_model_code, offline,
                        max_dense, optimizer_state, agop_probes=agop_probes,
                        probe_kind=probe_kind, probe_seed=probe_seed, outputs=outputs)
+    options["keep_matrices"] = stored  # the engine frees every other matrix
     started = time.perf_counter()
     with checkpoint_source(checkpoint) as path, progress_bar(Path(checkpoint).name) as progress:
         reduced = reduced_sums(lambda on: prepare(path, data, device=on, **options), device,

@@ -28,7 +28,7 @@ def merge_command(
     stored = check_outputs(format, report, matrices, no_matrices, matrix_dtype)
     if report is not None:
         writable(report)
-    result = merge_partials(parts)
+    result = merge_partials(parts, keep_matrices=stored)
     for message in result.warnings:
         warn(message)
     deliver(result, format, metric, report, stored, matrix_dtype)

@@ -6,7 +6,7 @@ import copy
 import fnmatch
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from ..io.checkpoint import Checkpoint, load_checkpoint
 from ..io.optimizer import Preconditioner, preconditioners, read_state
 from ..models.archs import check_finite
 from . import relations as rel
+from .conventions import MATRICES
 from .device import resolve_device, resolve_dtype
 from .factored import thin_sides
 from .losses import check_loss, sample_accuracy
@@ -104,6 +105,7 @@ class Plan:
     warnings: list[str]
     adamw: dict[str, tuple[torch.Tensor, float]] | None = None  # layer → (√v̂ + ε as W, λ)
     probing: Probing = Probing()
+    keep: frozenset[str] | None = None  # the matrices `finish` returns (`kept_matrices`)
 
     @property
     def classified(self) -> bool:
@@ -130,7 +132,23 @@ class Plan:
 
     def finish(self, sums: Sums) -> Analysis:
         return finish(self.weight_matrices(), self.penalty(), sums, self.info, self.warnings,
-                      self.classified, self.adamw)
+                      self.classified, self.adamw, self.keep)
+
+
+def kept_matrices(keep: str | Iterable[str]) -> frozenset[str] | None:
+    """`keep_matrices`: "all" (None: every matrix), "none", or the names (nfm, bnfm,
+    relations) of those to return; the rest are freed once their layer's metrics are in."""
+    if keep == "all":
+        return None
+    if isinstance(keep, str) and keep != "none":
+        raise FactError(f"keep_matrices must be 'all', 'none' or a list of matrix names "
+                        f"(got {keep!r})")
+    names = () if keep == "none" else tuple(keep)
+    unknown = [name for name in names if name not in MATRICES]
+    if unknown:
+        raise FactError(f"unknown matrix {', '.join(map(str, unknown))} in keep_matrices; "
+                        f"choose from {', '.join(MATRICES)}")
+    return frozenset(names)
 
 
 def prepare(
@@ -157,6 +175,7 @@ def prepare(
     probe_kind: str | None = None,
     probe_seed: int | None = None,
     outputs: str | int | None = None,
+    keep_matrices: str | Iterable[str] = "all",
 ) -> Plan:
     """Load and check everything `analyze` needs, up to (not including) the pass over the data.
 
@@ -171,9 +190,13 @@ def prepare(
     names
     it too or `trust_model_code=True` (it is code chosen by whoever wrote the file).
     `optimizer_state` (a `state_dict`, or a `.pt` file holding one; default: the AdamW state a
-    `fact train` checkpoint carries) gives `fact_adamw` (relations.md §7).
+    `fact train` checkpoint carries) gives `fact_adamw` (relations.md §7). `keep_matrices`
+    ("all", "none" or names): the matrices the result holds; every metric is computed either
+    way, and a matrix not kept is freed as soon as its layer's metrics are (an LM's embedding
+    factors before its head's are formed).
     """
     rel.check_relations(relations, adamw=True)  # unknown names fail before any loading
+    keep = kept_matrices(keep_matrices)
     probing = Probing.parse(agop_probes, probe_kind, probe_seed, outputs)
     validate.number(alpha, "--alpha (the NFA power α)", positive=True)
     if weight_decay is not None:
@@ -262,7 +285,7 @@ def prepare(
         optimizer_state=None if state is None else state[1], **probing.record(),
     )
     return Plan(network, chosen, data, x, labels, weights, loss, names, batch_size, info,
-                warnings, adamw, probing)
+                warnings, adamw, probing, keep)
 
 
 def _adamw_layers(network: nn.Module, chosen: list[Layer], moments: dict[str, Preconditioner],
@@ -284,17 +307,18 @@ def _adamw_layers(network: nn.Module, chosen: list[Layer], moments: dict[str, Pr
 
 def finish(weights: dict[str, tuple[str, torch.Tensor]], penalty: float, sums: Sums,
            info: dict[str, Any], warnings: list[str], classified: bool,
-           adamw: dict[str, tuple[torch.Tensor, float]] | None = None) -> Analysis:
+           adamw: dict[str, tuple[torch.Tensor, float]] | None = None,
+           keep: frozenset[str] | None = None) -> Analysis:
     """The `Analysis` from the raw sums over all samples: the relations and metrics of every
     layer from its means (its sums divided by Σ w_i, formed one layer at a time so that a
     single layer's copy is held beside the sums), `weights`: name → (kind, W); `adamw`:
-    name → (√v̂ + ε as W, λ), for `fact_adamw`."""
+    name → (√v̂ + ε as W, λ), for `fact_adamw`; `keep`: the matrices returned (None: all)."""
     total, warnings = sums.total_weight(), list(warnings)
     info = {**info, **_probed(sums, info, warnings)}
     weight_decay = info["weight_decay"]
     names, alpha, max_dense = tuple(info["relations"]), info["alpha"], info["max_dense"]
     results = [_layer_result(name, kind, W, sums, weight_decay, alpha, names, max_dense,
-                             warnings, (adamw or {}).get(name))
+                             warnings, (adamw or {}).get(name), keep)
                for name, (kind, W) in weights.items()]
     data_loss = float(sums.loss) / total
     info = {**info, "data_loss": data_loss,
@@ -375,10 +399,11 @@ def _stream(network: nn.Module, chosen: list[Layer], data: Dataset, x: torch.Ten
 def _layer_result(name: str, kind: str, W: torch.Tensor, sums: Sums,
                   weight_decay: float | None, alpha: float, names: tuple[str, ...],
                   max_dense: int | None, warnings: list[str],
-                  adamw: tuple[torch.Tensor, float] | None = None) -> LayerResult:
+                  adamw: tuple[torch.Tensor, float] | None = None,
+                  keep: frozenset[str] | None = None) -> LayerResult:
     """One layer's relations and metrics from the raw `sums` (its means formed here); a side
     held as factors gets one basis (`relations.side_basis`) for its relations, its metrics
-    and every jackknife replica."""
+    and every jackknife replica. Only the matrices in `keep` (None: all) outlive the metrics."""
     total = sums.mean(name)
     stationarity = rel.stationarity(W, total, weight_decay)  # before the factors: its copies of W
     thin = thin_sides(*W.shape, max_dense)
@@ -388,6 +413,8 @@ def _layer_result(name: str, kind: str, W: torch.Tensor, sums: Sums,
     matrices = {key: value.cpu() for key, value in matrices.items()}
     held = None if basis is None else basis.cpu()
     metrics = _metrics(matrices, kept, weight_decay, held)
+    if keep is not None:  # the replicas rebuild their own: the rest is freed before them
+        matrices = {key: value for key, value in matrices.items() if key in keep}
     if sums.probes is not None:
         _add_errors(metrics, W, total, weight_decay, alpha, kept, thin, basis)
         side = total.GG.shape[0]
@@ -441,6 +468,7 @@ def _add_errors(metrics: dict[str, dict[str, float]], W: torch.Tensor, total: La
         matrices = {key: value.cpu() for key, value in matrices.items()}
         replicas.append(_metrics(matrices, sketched, weight_decay,
                                  None if basis is None else basis.cpu()))
+        del matrices  # not held while the next replica's are formed
     for relation, values in metrics.items():
         for metric in list(values):
             if relation not in sketched:

@@ -4,6 +4,7 @@ FORWARD = ("fact", "fact_sym", "fact_sqrt", "nfa", "agop", "enfa",  # k×k, comp
            "fact_adamw")
 BACKWARD = ("bfact", "bfact_sym", "bfact_sqrt", "bnfa", "bagop", "benfa")  # m×m, with WWᵀ
 RELATIONS = FORWARD + BACKWARD  # every relation name
+MATRICES = ("nfm", "bnfm", *RELATIONS)  # a result's matrices: the Gram matrices and relations
 NEEDS_OPTIMIZER = frozenset({"fact_adamw"})  # AdamW's second moments v̂ (§7): only with its state
 DEFAULT_RELATIONS = tuple(r for r in RELATIONS if r not in NEEDS_OPTIMIZER)  # W and the data alone
 FACT_FAMILY = frozenset({"fact", "fact_sym", "fact_sqrt", "bfact", "bfact_sym", "bfact_sqrt"})

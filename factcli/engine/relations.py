@@ -147,6 +147,8 @@ def compute(W: torch.Tensor, sums: LayerSums, weight_decay: float | None, alpha:
 
     matrices = {name: get(name) for name in ("nfm", "bnfm", *names)}
     fitted = fit_alpha(matrices["nfm"], *spectrum()) if needs_agop(names) else (math.nan,) * 2
+    lazy.clear()  # its lambdas and `get` refer to each other: a cycle that would hold every
+    # matrix, the step, the basis and the spectrum until the garbage collector ran
     return matrices, fitted
 
 

@@ -13,6 +13,7 @@ import json
 import math
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 from .. import __version__
 from ..distributed import share
 from ..engine import relations as rel
-from ..engine.analysis import Analysis, Plan, finish
+from ..engine.analysis import Analysis, Plan, finish, kept_matrices
 from ..engine.factored import thin_sides
 from ..engine.sketch import GROUPS
 from ..engine.sums import LayerSums, Sums
@@ -298,9 +299,11 @@ def _read_sums(part: _Part) -> tuple[dict[str, tuple[str, torch.Tensor]], Sums]:
                          outputs=a["probed"]["outputs"])
 
 
-def merge_partials(paths: list[str]) -> Analysis:
+def merge_partials(paths: list[str], keep_matrices: str | Iterable[str] = "all") -> Analysis:
     """Add the raw sums of every shard and finish: exactly what one run over all samples
-    gives, up to the order of float64 additions. Parts are read one at a time."""
+    gives, up to the order of float64 additions. Parts are read one at a time;
+    `keep_matrices` as for `prepare`."""
+    keep = kept_matrices(keep_matrices)
     if not paths:
         raise FactError("no parts to merge")
     parts = [_header(str(path)) for path in paths]
@@ -319,7 +322,8 @@ def merge_partials(paths: list[str]) -> Analysis:
     penalty = first["penalty"]
     if not math.isfinite(penalty):
         raise FactError(f"{parts[0].path}: the weight penalty is not finite")
-    return finish(weights, penalty, total, info, first["warnings"], bool(first["classified"]))
+    return finish(weights, penalty, total, info, first["warnings"], bool(first["classified"]),
+                  keep=keep)
 
 
 def _check_finishing(info: dict[str, Any], path: str) -> None:

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from .. import __version__
-from ..engine.conventions import BACKWARD, RELATIONS
+from ..engine.conventions import BACKWARD, MATRICES, RELATIONS
 from ..engine.results import Analysis, LayerResult
 from ..errors import FactError
 from . import validate
@@ -46,8 +46,8 @@ def choose_matrices(text: str | None) -> tuple[str, ...]:
     if names == ["none"]:
         return ()
     if names == ["all"]:
-        return ("nfm", "bnfm", *RELATIONS)
-    unknown = [name for name in names if name not in ("nfm", "bnfm", *RELATIONS)]
+        return MATRICES
+    unknown = [name for name in names if name not in MATRICES]
     if unknown:
         raise FactError(f"unknown matrix {', '.join(unknown)} in --matrices; choose from nfm, "
                         f"bnfm, {', '.join(RELATIONS)}, or all / none")

@@ -78,6 +78,6 @@ def with_agop(analysis: Analysis, data_dir: Any = None, device: str | None = Non
                     relations=["agop"], layers=[layer.name for layer in analysis.layers],
                     device=device, batch_size=batch_size, max_samples=limit,
                     seed=int(info.get("sample_seed", 0) or 0), dtype=info.get("dtype"),
-                    data_dir=data_dir)
+                    data_dir=data_dir, keep_matrices=("nfm", "agop"))
     fresh.info["report"] = info.get("report")
     return fresh, f"recomputed from the checkpoint {checkpoint} (the report stores no AGOP)"
