@@ -21,7 +21,9 @@ Model: the built-in `transformer` (pre-LN decoder, untied head), `--depth` 4, wi
 (c) Peak memory by vocabulary, a fresh process each: the plain forward + backward and the
     analysis without the AGOP (the FACT and eNFA families; the head's vocab×vocab relations
     from factors: `--max-dense` 1,024 is below every vocabulary), each peak (VmHWM) above the
-    loaded model and data.
+    loaded model and data. The analysis keeps the matrices `--keep-matrices` names: none by
+    default, which is what `fact analyze` without `--report` keeps; `all` is the library's
+    default (a notebook's `analyze(...)`, which returns every matrix).
 """
 
 from __future__ import annotations
@@ -170,7 +172,8 @@ def memory_child(args: argparse.Namespace) -> None:
     plain = _peak_above(lambda: plain_pass(model, data, args.batch_size))
     engine = _peak_above(lambda: analyze(model, data, loss="next_token", weight_decay=1e-3,
                                          batch_size=args.batch_size, relations=NO_AGOP,
-                                         max_dense=args.max_dense, device="cpu"))
+                                         max_dense=args.max_dense, device="cpu",
+                                         keep_matrices=args.keep_matrices))
     print(json.dumps({"vocab": args.vocab, "plain_mib": plain, "engine_mib": engine,
                       "process_mib": _status_kib("VmHWM") / 1024}))
 
@@ -178,12 +181,14 @@ def memory_child(args: argparse.Namespace) -> None:
 def memory(args: argparse.Namespace) -> None:
     print(f"(c) peak memory above the loaded model and data, fresh process per vocabulary; "
           f"depth {args.depth}, width {args.width}, T {args.T}, n {args.n}, batch "
-          f"{args.batch_size}, max_dense {args.max_dense}; relations {','.join(NO_AGOP)}")
+          f"{args.batch_size}, max_dense {args.max_dense}; relations {','.join(NO_AGOP)}; "
+          f"matrices kept: {args.keep_matrices}")
     for vocab in args.vocabs:
         command = [sys.executable, __file__, "--part", "memory-child", "--vocab", str(vocab),
                    "--depth", str(args.depth), "--width", str(args.width), "--T",
                    str(args.T), "--n", str(args.n), "--batch-size", str(args.batch_size),
-                   "--threads", str(args.threads), "--max-dense", str(args.max_dense)]
+                   "--threads", str(args.threads), "--max-dense", str(args.max_dense),
+                   "--keep-matrices", args.keep_matrices]
         row = json.loads(subprocess.run(command, check=True, capture_output=True,
                                         text=True).stdout)
         print(f"    vocab {row['vocab']:>6}: plain forward+backward {row['plain_mib']:7.0f} MiB,"
@@ -210,6 +215,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-dense", type=int, default=1024,
                         help="below every vocabulary, so the head's relations are factored")
+    parser.add_argument("--keep-matrices", choices=["none", "all"], default="none",
+                        help="(c): none = what fact analyze keeps without --report; all = the "
+                        "library's default")
     parser.add_argument("--dense", action="store_true", help="(a): also every matrix dense")
     parser.add_argument("--profile", action="store_true", help="(a): profile one analysis")
     args = parser.parse_args()
