@@ -200,22 +200,28 @@ def cnn(ctx: Context) -> None:
 def transformer(ctx: Context) -> None:
     """Beyond the paper: FACT vs NFA and eNFA per weight matrix of the built-in transformer
     (embeddings, the q/k/v blocks of the fused attention projection, out_proj, MLP, head) on
-    modular addition as tokens "a b =", full-batch Adam (coupled L2, λ 1e-3)."""
-    p, width, heads = ctx.pick((11, 8, 2), (23, 32, 4), (59, 64, 4))
-    epochs = ctx.pick(50, 3000, 10000)
+    modular addition as tokens "a b =", full-batch Adam (coupled L2), polished towards a
+    critical point. Without LayerNorm (`--norm none`), as sample_checkpoints'
+    transformer_nonorm_mod59.pt: with it no critical point exists for λ > 0, which
+    `stream_writers` measures on a pre-LN twin."""
+    p, width, heads = ctx.pick((11, 8, 2), (23, 32, 4), (59, 32, 4))
+    epochs, polish = ctx.pick((50, 0), (4000, 1000), (3000, 1000))
     n_train = round(0.5 * p * p)
-    ckpt = ctx.train("transformer/transformer.pt", "transformer", "--dataset",
-                     f"modular:p={p},op=add,train_frac=0.5,tokens=yes", "--width", width,
-                     "--depth", 1, "--heads", heads, "--loss", "cross_entropy", "--optimizer",
-                     "adam", "--lr", 3e-3, "--weight-decay", 1e-3, "--epochs", epochs,
-                     "--batch-size", n_train, "--seed", 0)
+    common = ("--dataset", f"modular:p={p},op=add,train_frac=0.5,tokens=yes", "--width", width,
+              "--depth", 1, "--heads", heads, "--loss", "cross_entropy", "--optimizer", "adam",
+              "--lr", 3e-3, "--weight-decay", 3e-3, "--batch-size", n_train, "--seed", 0)
+    ckpt = ctx.train("transformer/transformer.pt", "transformer", *common, "--norm", "none",
+                     "--schedule", "hold-cosine", "--epochs", epochs, "--polish", polish)
     _per_layer(ctx, ckpt, every=True)
-    cosine, stationarity = stream_writers(ctx.root / ckpt)
+    layernorm = ctx.train("transformer/prelayernorm.pt", "transformer", *common,
+                          "--epochs", ctx.pick(5, 100, 100))
+    cosine, stationarity = stream_writers(ctx.root / layernorm)
     ctx.q("stream_writers.cosine", cosine,
-          "cos(∇L_data, θ) over the parameters that write the residual stream (embed, pos, "
-          "out_proj, mlp.2): ~0 because LayerNorm makes the output invariant to their joint "
-          f"scale; so their joint stationarity is ≥ 1 at every point (here {stationarity:.3g}) "
-          "and no critical point with λ > 0 exists for FACT to hold at")
+          "the same transformer with pre-LayerNorm: cos(∇L_data, θ) over the parameters that "
+          "write the residual stream (embed, pos, out_proj, mlp.2) is ~0 at every point, "
+          "because LayerNorm makes the output invariant to their joint scale; so their joint "
+          f"stationarity is ≥ 1 (here {stationarity:.3g}) and no critical point with λ > 0 "
+          "exists for FACT to hold at")
 
 
 STREAM_WRITERS = ("embed.", "pos.", ".attn.out_proj.", ".mlp.2.")
@@ -541,7 +547,8 @@ FINDINGS = {f.name: f for f in (
     Finding("fig2-cifar10", fig2_cifar10, "the same on CIFAR-10 (needs --data-dir)"),
     Finding("cnn", cnn, "beyond the paper: FACT vs NFA vs eNFA per layer of the built-in cnn"),
     Finding("transformer", transformer, "beyond the paper: FACT vs NFA per layer of the built-in "
-            "transformer (q/k/v included)"),
+            "transformer without LayerNorm (q/k/v included), and why LayerNorm has no critical "
+            "point"),
     Finding("fig8", fig8, "FACT agreement over epochs: jumps near interpolation, (FFᵀ)^½ earlier"),
     Finding("fig9-10", fig9_10, "the backward versions (bFACT) over the same epochs"),
     Finding("fig3", fig3, "sparse parity: M concentrates on the hidden coordinates"),
