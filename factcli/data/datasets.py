@@ -14,6 +14,8 @@ import itertools
 import math
 import os
 import pickle
+import re
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -100,16 +102,19 @@ class Dataset:
         return 1 if self.y_train.ndim == 1 else self.y_train.shape[1]
 
 
+PATH_KINDS = {"file": "file:data.npz", "text": "text:book.txt", "uci": "uci:uci/iris",
+              "keel": "keel:iris.dat"}  # the spec kinds named by a path, with an example
+
+
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """'name:a=1,b=2' → ('name', {'a': '1', 'b': '2'}); `file:` and `text:` keep their path
-    as `path`."""
+    """'name:a=1,b=2' → ('name', {'a': '1', 'b': '2'}); `file:`, `text:`, `uci:` and `keel:`
+    keep their path (no commas in it) as `path`."""
     name, _, rest = spec.partition(":")
     options: dict[str, str] = {}
     parts = [part for part in rest.split(",") if part] if rest else []
-    if name in ("file", "text"):
+    if name in PATH_KINDS:
         if not parts:
-            example = "file:data.npz" if name == "file" else "text:book.txt"
-            raise FactError(f"{name}: needs a path, e.g. {example}")
+            raise FactError(f"{name}: needs a path, e.g. {PATH_KINDS[name]}")
         options["path"] = parts.pop(0)
     for part in parts:
         key, eq, value = part.partition("=")
@@ -606,25 +611,239 @@ SKLEARN_SETS = ("iris", "wine", "breast_cancer", "digits", "diabetes")
 
 def _sklearn(spec: str, o: _Options) -> Dataset:
     """A real tabular set shipped inside scikit-learn (nothing downloaded), seeded train/test."""
-    name, test_frac = o.get("name", "wine", str), o.get("test_frac", 0.2, float)
-    seed = o.get("seed", 0, minimum=0)
+    name = o.get("name", "wine", str)
     if name not in SKLEARN_SETS:
         raise FactError(f"unknown sklearn set {name!r}; choose one of: {', '.join(SKLEARN_SETS)}")
-    if not 0 < test_frac < 1:
-        raise FactError(f"test_frac must lie in (0, 1) (got {test_frac})")
     try:
         from sklearn import datasets as shipped
     except ImportError:
         raise FactError("sklearn: sets need scikit-learn: pip install 'factcli[tabular]'") from None
     x, y = getattr(shipped, f"load_{name}")(return_X_y=True)
-    order = np.random.default_rng(seed).permutation(len(x))
     n_classes = None if name == "diabetes" else int(y.max()) + 1
-    return _split(spec, x[order].astype(np.float64), y[order], len(x) - round(test_frac * len(x)),
-                  n_classes)
+    return _seeded(spec, o, x.astype(np.float64), y, n_classes)
+
+
+def _seeded(spec: str, o: _Options, x: np.ndarray, y: np.ndarray, n_classes: int | None,
+            **info: Any) -> Dataset:
+    """A seeded shuffle (`seed`, default 0), then the last round(test_frac·n) rows as the test
+    split (`test_frac`, default 0.2): the split of the tabular sets that come without one."""
+    test_frac, seed = o.get("test_frac", 0.2, float), o.get("seed", 0, minimum=0)
+    if not 0 < test_frac < 1:
+        raise FactError(f"test_frac must lie in (0, 1) (got {test_frac})")
+    n_train = len(x) - round(test_frac * len(x))
+    if not 0 < n_train < len(x):
+        raise FactError(f"dataset {spec!r}: {len(x)} row(s) leave no train or no test rows at "
+                        f"test_frac={test_frac:g}")
+    order = np.random.default_rng(seed).permutation(len(x))
+    return _split(spec, x[order], y[order], n_train, n_classes, **info)
+
+
+def _table(path: Path) -> np.ndarray:
+    """A whitespace-separated numeric table after one header line, finite, at least one row."""
+    validate.check_memory(16.0 * path.stat().st_size, f"reading {path}")
+    with warnings.catch_warnings():  # an empty body makes loadtxt warn; refused just below
+        warnings.simplefilter("ignore")
+        try:
+            table = np.loadtxt(path, skiprows=1, ndmin=2, comments=None)
+        except ValueError as error:  # ragged rows, text cells, bytes that are not UTF-8
+            raise FactError(f"cannot read {path} as a numeric table: {error}") from None
+    if not table.size:
+        raise FactError(f"{path} holds no data rows (a header line, then one row per sample)")
+    if not np.isfinite(table).all():
+        raise FactError(f"{path} contains NaN or infinite values")
+    return table
+
+
+def _uci(spec: str, o: _Options) -> Dataset:
+    """A folder NAME/ of the 121-set UCI collection of Fernández-Delgado et al. (2014), as the
+    RFM papers use it: NAME_R.dat (a header line; per row an id, the standardised features and
+    the class 0..C-1) and, when present, conxuntos.dat, whose fixed split is used (else the
+    seeded one)."""
+    folder = Path(o.get("path", "", str))
+    data = folder / f"{folder.name}_R.dat"
+    if not data.is_file():
+        raise FactError(f"uci: {data} not found (a folder NAME/ of the UCI collection holds "
+                        "NAME_R.dat)")
+    table = _table(data)
+    if table.shape[1] < 3:
+        raise FactError(f"{data}: rows need an id, at least one feature and the class "
+                        f"(found {table.shape[1]} columns)")
+    x, labels = table[:, 1:-1], table[:, -1]
+    if not np.all(labels == np.round(labels)):
+        raise FactError(f"{data}: the last column must hold integer classes 0..C-1")
+    if labels.max() >= validate.MAX_CLASSES:  # before any integer conversion of 1e300
+        raise FactError(f"{data}: class {labels.max():.6g} implies more than "
+                        f"{validate.MAX_CLASSES} classes")
+    n_classes = validate.class_labels(str(data), [labels], len(labels))
+    y = labels.astype(np.int64)
+    fixed = folder / "conxuntos.dat"
+    if not fixed.is_file():
+        return _seeded(spec, o, x, y, n_classes, split="seeded")
+    given = sorted({"seed", "test_frac"} & set(o.options))
+    if given:
+        raise FactError(f"{fixed} fixes the split: drop {', '.join(given)} (for sets without "
+                        "conxuntos.dat)")
+    train, test = _conxuntos(fixed, len(x))
+    rows = np.concatenate([train, test])
+    return _split(spec, x[rows], y[rows], len(train), n_classes, split="conxuntos.dat")
+
+
+def _conxuntos(path: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """conxuntos.dat: a line of train and a line of test row indices, 0-based, whitespace-
+    separated (how the collection's public readers take it: line 1 train, line 2 test);
+    checked to be in range, without repeats, disjoint."""
+    validate.check_memory(16.0 * path.stat().st_size, f"reading {path}")
+    try:
+        lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise FactError(f"cannot read {path}: {error}") from None
+    if len(lines) != 2:
+        raise FactError(f"{path} must hold two lines of row indices, train then test "
+                        f"(found {len(lines)})")
+    splits = []
+    for tokens, split in zip(lines, ("train", "test")):
+        if not all(token.isascii() and token.isdigit() for token in tokens):
+            raise FactError(f"{path}: the {split} line must hold row indices 0..{n - 1}")
+        indices = [int(token) for token in tokens]
+        if max(indices) >= n:
+            raise FactError(f"{path}: {split} row index {max(indices)} is out of range "
+                            f"0..{n - 1}")
+        if len(set(indices)) != len(indices):
+            raise FactError(f"{path}: the {split} line repeats a row index")
+        splits.append(np.array(indices, dtype=np.int64))
+    if np.intersect1d(*splits).size:
+        raise FactError(f"{path}: a row is both in the train and in the test line")
+    return splits[0], splits[1]
+
+
+KEEL_NUMERIC = ("real", "integer", "numeric")
+_KEEL_ATTRIBUTE = re.compile(r"""('[^']*'|"[^"]*"|[^\s{\[]+)\s*(.*)""")
+
+
+def _keel_attribute(where: str, text: str) -> tuple[str, list[str] | None]:
+    """`NAME real|integer|numeric [lo, hi]` → (NAME, None); `NAME {v1, v2}` → (NAME, values).
+    The declared range is not enforced (KEEL states the range seen, not a limit)."""
+    match = _KEEL_ATTRIBUTE.fullmatch(text.strip())
+    if not match:
+        raise FactError(f"{where}: @attribute needs a name and a type")
+    name, kind = match.group(1).strip("'\""), match.group(2).strip()
+    if kind.startswith("{"):
+        if not kind.endswith("}"):
+            raise FactError(f"{where}: the values of @attribute {name} must end with }}")
+        values = [value.strip() for value in kind[1:-1].split(",")]
+        if not all(values) or len(set(values)) != len(values):
+            raise FactError(f"{where}: @attribute {name} needs distinct, non-empty values")
+        return name, values
+    if kind.split("[")[0].strip().lower() not in KEEL_NUMERIC:
+        raise FactError(f"{where}: unknown type {kind[:40]!r} of @attribute {name}; KEEL "
+                        f"attributes are {', '.join(KEEL_NUMERIC)} or {{v1, v2, ...}}")
+    return name, None
+
+
+def _keel(spec: str, o: _Options) -> Dataset:
+    """A KEEL classification .dat file: @relation, @attribute lines, @inputs/@outputs (default:
+    the last attribute is the output), @data rows of comma-separated values. A nominal input
+    becomes one 0/1 column per declared value; the output must be nominal and its value's
+    position in the declared list is the class. `?` (missing) is refused. Seeded split."""
+    path = Path(o.get("path", "", str))
+    if not path.is_file():
+        raise FactError(f"dataset file not found: {path}")
+    validate.check_memory(32.0 * path.stat().st_size, f"reading {path}")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise FactError(f"cannot read {path}: {error}") from None
+    attributes: dict[str, list[str] | None] = {}
+    roles: dict[str, list[str]] = {}
+    start = None
+    for number, line in enumerate(lines, 1):
+        key, rest = (line.split(None, 1) + ["", ""])[:2]
+        key, where = key.lower(), f"{path}:{number}"
+        if not key or key.startswith("%") or key == "@relation":
+            continue
+        if key == "@data":
+            start = number
+            break
+        if key == "@attribute":
+            name, values = _keel_attribute(where, rest)
+            if name in attributes:
+                raise FactError(f"{where}: @attribute {name} is declared twice")
+            attributes[name] = values
+        elif key in ("@inputs", "@input", "@outputs", "@output"):
+            roles[key.rstrip("s")] = [name.strip() for name in rest.split(",") if name.strip()]
+        else:
+            raise FactError(f"{where}: unexpected {line.strip()[:40]!r} before @data")
+    if start is None or not attributes:
+        raise FactError(f"{path} is not a KEEL file: it needs @attribute lines and @data")
+    names = list(attributes)
+    outputs = roles.get("@output", names[-1:])
+    inputs = roles.get("@input", [name for name in names if name not in outputs])
+    unknown = [name for name in inputs + outputs if name not in attributes]
+    if unknown:
+        raise FactError(f"{path}: @inputs/@outputs name undeclared attribute {unknown[0]}")
+    if len(outputs) != 1 or attributes[outputs[0]] is None or not inputs \
+            or outputs[0] in inputs:
+        raise FactError(f"{path}: keel: reads classification files: one nominal output "
+                        "attribute ({v1, v2, ...}) and at least one other input")
+    rows = []
+    for number, line in enumerate(lines[start:], start + 1):
+        if not line.strip() or line.lstrip().startswith("%"):
+            continue
+        rows.append(_keel_row(f"{path}:{number}", line, attributes))
+    if not rows:
+        raise FactError(f"{path} holds no data rows after @data")
+    width = sum(1 if attributes[name] is None else len(attributes[name]) for name in inputs)
+    validate.check_memory(8.0 * len(rows) * (len(names) + width), f"reading {path}")
+    table = np.array(rows)
+    columns = []
+    for name in inputs:
+        values, column = attributes[name], table[:, names.index(name)]
+        columns.append(column[:, None] if values is None else
+                       (column[:, None] == np.arange(len(values))).astype(np.float64))
+    classes = attributes[outputs[0]]
+    y = table[:, names.index(outputs[0])].astype(np.int64)
+    return _seeded(spec, o, np.concatenate(columns, axis=1), y, len(classes), split="seeded",
+                   classes=classes)
+
+
+def _keel_row(where: str, line: str, attributes: dict[str, list[str] | None]) -> list[float]:
+    """One @data row: a finite number per numeric attribute, a value's index per nominal one."""
+    cells = [cell.strip() for cell in line.split(",")]
+    if len(cells) != len(attributes):
+        raise FactError(f"{where}: {len(cells)} values, but {len(attributes)} attributes "
+                        "are declared")
+    row = []
+    for cell, (name, values) in zip(cells, attributes.items()):
+        if cell == "?":
+            raise FactError(f"{where}: missing value (?) of {name}; keel: reads complete rows "
+                            "only")
+        if values is not None:
+            if cell not in values:
+                raise FactError(f"{where}: {cell[:40]!r} is not a declared value of {name}")
+            row.append(float(values.index(cell)))
+            continue
+        try:
+            value = float(cell)
+        except ValueError:
+            raise FactError(f"{where}: {cell[:40]!r} of {name} is not a number") from None
+        if not math.isfinite(value):
+            raise FactError(f"{where}: {name} is {cell[:40]}, not a finite number")
+        row.append(value)
+    return row
+
+
+def tabular_specs(root: Path) -> list[tuple[str, str]]:
+    """(name, spec) of the tabular sets under `root`, sorted by name within each kind: each
+    folder root/uci/NAME/ that holds NAME_R.dat, then each file root/keel/*.dat."""
+    uci = sorted(path.parent for path in (root / "uci").glob("*/*_R.dat")
+                 if path.name == f"{path.parent.name}_R.dat")
+    keel = sorted(path for path in (root / "keel").glob("*.dat") if path.is_file())
+    return ([(f"uci-{folder.name}", f"uci:{folder}") for folder in uci]
+            + [(f"keel-{path.stem}", f"keel:{path}") for path in keel])
 
 
 DATASETS = ("parity", "modular", "file", "text", "mnist", "fashion-mnist", "mnist-10k", "cifar10",
-            "cifar100", "separation", "teacher-linear", "sklearn")
+            "cifar100", "separation", "teacher-linear", "sklearn", "uci", "keel")
 
 
 def _choose_split(dataset: Dataset, o: _Options) -> Dataset:
@@ -667,6 +886,8 @@ def load_dataset(spec: str, data_dir: str | os.PathLike | None = None, *,
         "separation": lambda: _separation(spec, options),
         "teacher-linear": lambda: _teacher_linear(spec, options),
         "sklearn": lambda: _sklearn(spec, options),
+        "uci": lambda: _uci(spec, options),
+        "keel": lambda: _keel(spec, options),
     }
     if name not in builders:
         raise FactError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
