@@ -9,6 +9,7 @@ import pytest
 
 from factcli.data.datasets import load_dataset, tabular_specs
 from factcli.repro import reproduce
+from factcli.repro.findings import _listed
 from tests.helpers import fact_inprocess
 from tests.test_hostile import _one_clean_line
 
@@ -169,3 +170,9 @@ def test_table1_reads_the_sets_under_data_dir(tmp_path):
     table = (tmp_path / "out" / "table1" / "accuracy.md").read_text()
     assert [line.split(" |")[0] for line in table.splitlines()[2:]] == [
         "| iris", "| wine", "| uci-blobs", "| keel-toy"]
+
+
+def test_a_long_list_of_sets_is_shortened_in_the_notes():
+    names = [f"uci-s{i}" for i in range(10)]
+    assert _listed(names) == "s0, s1, s2, s3, s4, s5, s6, s7 and 2 more, see accuracy.md"
+    assert _listed(names[:2]) == "s0, s1"

@@ -27,7 +27,8 @@ def repro_command(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for every output, the "
                                           "commands and the summary.")] = Path("runs/repro"),
     data_dir: Annotated[Optional[Path], typer.Option(
-        help="Folder with mnist/cifar10 files (default: $FACT_DATA_DIR).")] = None,
+        help="Folder with mnist/cifar10 files (default: $FACT_DATA_DIR); table1 also runs "
+             "each UCI folder DIR/uci/NAME/ and KEEL file DIR/keel/*.dat in it.")] = None,
 ) -> None:
     """Reproduce the paper's figures and tables: train → analyze/rfm → table, with verdicts."""
     from ..errors import FactError
