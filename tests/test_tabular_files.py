@@ -154,6 +154,12 @@ def test_a_uci_file_of_bytes_is_one_line(tmp_path):
     _refused(f"uci:{folder}", "cannot read")
 
 
+def test_a_long_list_of_sets_is_shortened_in_the_notes():
+    names = [f"uci-s{i}" for i in range(10)]
+    assert _listed(names) == "s0, s1, s2, s3, s4, s5, s6, s7 and 2 more, see accuracy.md"
+    assert _listed(names[:2]) == "s0, s1"
+
+
 def test_table1_reads_the_sets_under_data_dir(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((30, 2))
@@ -161,7 +167,7 @@ def test_table1_reads_the_sets_under_data_dir(tmp_path):
     _uci(tmp_path / "data", "\tf1\tf2\tclase\n" + rows, split=None, name="blobs")
     _keel(tmp_path / "data")
     (tmp_path / "data" / "uci" / "stray").mkdir()  # no stray_R.dat: not a set
-    assert [name for name, _ in tabular_specs(tmp_path / "data")] == ["uci-blobs", "keel-toy"]
+    assert [name for name, *_ in tabular_specs(tmp_path / "data")] == ["uci-blobs", "keel-toy"]
     rows = {r["quantity"]: r for r in reproduce(["table1"], tmp_path / "out", mode="smoke",
                                                 data_dir=tmp_path / "data")}
     assert rows["mean_acc.fact"]["note"] == ("mean over 4 sets: 2 scikit-learn (iris, wine), "
@@ -170,9 +176,8 @@ def test_table1_reads_the_sets_under_data_dir(tmp_path):
     table = (tmp_path / "out" / "table1" / "accuracy.md").read_text()
     assert [line.split(" |")[0] for line in table.splitlines()[2:]] == [
         "| iris", "| wine", "| uci-blobs", "| keel-toy"]
-
-
-def test_a_long_list_of_sets_is_shortened_in_the_notes():
-    names = [f"uci-s{i}" for i in range(10)]
-    assert _listed(names) == "s0, s1, s2, s3, s4, s5, s6, s7 and 2 more, see accuracy.md"
-    assert _listed(names[:2]) == "s0, s1"
+    said = []
+    _keel(tmp_path / "data", KEEL_HEADER + KEEL_ROWS.replace("4.0,red", "4.5,red"))
+    reproduce(["table1"], tmp_path / "out", mode="smoke", data_dir=tmp_path / "data",
+              say=said.append)  # only the rewritten file's step runs again
+    assert [line.split()[0] for line in said] == ["reused"] * 3 + ["running"], said

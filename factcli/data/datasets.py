@@ -832,14 +832,16 @@ def _keel_row(where: str, line: str, attributes: dict[str, list[str] | None]) ->
     return row
 
 
-def tabular_specs(root: Path) -> list[tuple[str, str]]:
-    """(name, spec) of the tabular sets under `root`, sorted by name within each kind: each
-    folder root/uci/NAME/ that holds NAME_R.dat, then each file root/keel/*.dat."""
+def tabular_specs(root: Path) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(name, spec, the files it reads) of the tabular sets under `root`, sorted by name within
+    each kind: each folder root/uci/NAME/ that holds NAME_R.dat, then each file root/keel/*.dat."""
     uci = sorted(path.parent for path in (root / "uci").glob("*/*_R.dat")
                  if path.name == f"{path.parent.name}_R.dat")
     keel = sorted(path for path in (root / "keel").glob("*.dat") if path.is_file())
-    return ([(f"uci-{folder.name}", f"uci:{folder}") for folder in uci]
-            + [(f"keel-{path.stem}", f"keel:{path}") for path in keel])
+    return ([(f"uci-{folder.name}", f"uci:{folder}", (str(folder / f"{folder.name}_R.dat"),
+                                                      str(folder / "conxuntos.dat")))
+             for folder in uci]
+            + [(f"keel-{path.stem}", f"keel:{path}", (str(path),)) for path in keel])
 
 
 DATASETS = ("parity", "modular", "file", "text", "mnist", "fashion-mnist", "mnist-10k", "cifar10",

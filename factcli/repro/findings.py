@@ -60,11 +60,14 @@ class Context:
                  inputs=(checkpoint,), data=True)
         return read_report(self.root / f"{stem}.h5")
 
-    def rfm(self, name: str, *options: object, report: bool = True) -> list[dict[str, Any]]:
-        """`fact rfm ... -f jsonl > NAME.jsonl` (+ NAME.h5 with M per iteration)."""
+    def rfm(self, name: str, *options: object, report: bool = True,
+            inputs: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """`fact rfm ... -f jsonl > NAME.jsonl` (+ NAME.h5 with M per iteration); `inputs`: the
+        data files it reads (a rewritten one makes it run again)."""
         extra = ("--report", f"{name}.h5") if report else ()
         self.run("rfm", *options, *extra, "--device", "cpu", "--format", "jsonl",
-                 outputs=(f"{name}.h5",) if report else (), stdout=f"{name}.jsonl", data=True)
+                 outputs=(f"{name}.h5",) if report else (), stdout=f"{name}.jsonl",
+                 inputs=inputs, data=True)
         return [json.loads(line) for line in
                 (self.root / f"{name}.jsonl").read_text().splitlines() if line.strip()]
 
@@ -519,16 +522,16 @@ def table1(ctx: Context) -> None:
     shipped = ctx.pick(("iris", "wine"), ("iris", "wine", "breast_cancer", "digits"),
                        ("iris", "wine", "breast_cancer", "digits"))
     found = tabular_specs(ctx.data_dir) if ctx.data_dir is not None else []
-    sets = [(name, f"sklearn:name={name}") for name in shipped] + found
+    sets = [(name, f"sklearn:name={name}", ()) for name in shipped] + found
     iters = ctx.pick(1, 5, 5)
     accuracy: dict[str, dict[str, float]] = {}
-    for name, spec in sets:
+    for name, spec, files in sets:
         rows = ctx.rfm(f"table1/{name}", "--data", spec, "--protocol", "tabular", "--iters",
-                       iters, report=False)
+                       iters, report=False, inputs=files)
         accuracy[name] = {r["method"]: 100 * r["test_acc"] for r in rows}
     methods = ("fact", "fact-geo", "nfa", "kernel")
     means = {m: sum(a[m] for a in accuracy.values()) / len(accuracy) for m in methods}
-    kinds = [(kind, [name for name, _ in found if name.startswith(f"{kind.lower()}-")])
+    kinds = [(kind, [name for name, *_ in found if name.startswith(f"{kind.lower()}-")])
              for kind in ("UCI", "KEEL")]
     note = (f"mean over {len(sets)} sets: {len(shipped)} scikit-learn ({', '.join(shipped)})"
             + "".join(f", {len(names)} {kind} ({_listed(names)})" for kind, names in kinds
