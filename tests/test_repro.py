@@ -161,8 +161,15 @@ def test_every_finding_runs_at_smoke_settings(tmp_path):
             "embed", "pos", "blocks.0.attn.in_proj:q", "blocks.0.attn.in_proj:k",
             "blocks.0.attn.in_proj:v", "blocks.0.attn.out_proj", "blocks.0.mlp.0",
             "blocks.0.mlp.2", "head")}
+    judged = {r["quantity"].split(".layer=")[0] for r in rows
+              if r["finding"] == "transformer" and r["verdict"] != "no paper value"}
+    assert judged == {"fact_pearson", "fact_minus_nfa", "fact_minus_enfa"}
+    lines = (tmp_path / "transformer" / "commands.sh").read_text().splitlines()
+    main, twin = (next(line for line in lines if f"--out transformer/{name}.pt" in line)
+                  for name in ("transformer", "prelayernorm"))
+    assert "--norm none" in main and "--polish" in main and "--norm" not in twin
     stream = next(r for r in rows if r["quantity"] == "stream_writers.cosine")
-    assert abs(stream["measured"]) < 1e-3  # LayerNorm's scale invariance: ∇L_data ⊥ θ
+    assert abs(stream["measured"]) < 1e-3  # the pre-LN twin: ∇L_data ⊥ θ (scale invariance)
 
 
 def _figures_are_drawn_and_linked(root):
