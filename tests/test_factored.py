@@ -7,7 +7,6 @@ import math
 
 import h5py
 import numpy as np
-
 import pytest
 import torch
 
@@ -167,7 +166,8 @@ def test_factored_relations_equal_the_dense_ones(tiny_lm):
         assert held.stationarity == full.stationarity
         shapes[held.name] = sorted(name for name, m in held.matrices.items()
                                    if isinstance(m, Factored))
-    assert shapes["embed"] == shapes["blocks.0.mlp.2"] == sorted({"nfm", *FORWARD} - NEEDS_OPTIMIZER)
+    forward = sorted({"nfm", *FORWARD} - NEEDS_OPTIMIZER)
+    assert shapes["embed"] == shapes["blocks.0.mlp.2"] == forward
     assert shapes["head"] == shapes["blocks.0.mlp.0"] == sorted(
         ("bnfm", "bfact", "bfact_sym", "bfact_sqrt"))
     assert shapes["pos"] == []

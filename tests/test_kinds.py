@@ -283,7 +283,8 @@ def test_embedding_forward_relations_beyond_max_dense_are_factored():
                    for limit in (None, 5))
     wte = thin.layer("wte")
     assert set(wte.metrics) == set(DEFAULT_RELATIONS) and "forward side 7 > --max-dense" in wte.note
-    assert all(isinstance(wte.matrices[name], Factored) for name in ("nfm", *set(FORWARD) & set(DEFAULT_RELATIONS)))
+    forward = ("nfm", *set(FORWARD) & set(DEFAULT_RELATIONS))
+    assert all(isinstance(wte.matrices[name], Factored) for name in forward)
     for name in ("nfm", "bnfm", *DEFAULT_RELATIONS):
         assert relative(as_dense(wte.matrices[name]), dense.layer("wte").matrices[name]) < 1e-12
         assert wte.metrics.get(name) == pytest.approx(dense.layer("wte").metrics.get(name),

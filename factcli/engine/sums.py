@@ -39,8 +39,16 @@ from ..errors import FactError
 from .capture import Capture
 from .losses import per_sample_loss
 from .shared import per_sample_products, shared_uses
-from .sketch import (GROUPS, Probing, basis_probes, block_size, has_groups, probe_products,
-                     random_probes, sample_seeds)
+from .sketch import (
+    GROUPS,
+    Probing,
+    basis_probes,
+    block_size,
+    has_groups,
+    probe_products,
+    random_probes,
+    sample_seeds,
+)
 from .uses import Layer
 
 

@@ -295,8 +295,8 @@ def _read_sums(part: _Part) -> tuple[dict[str, tuple[str, torch.Tensor]], Sums]:
                for key in ("loss_sum", "correct_sum", "weight_sum")]
     return weights, Sums(layers, *scalars, uses=Counter(a["uses"]),
                          flipped=Counter(a["flipped"]), unseen=dict(a["unseen"]),
-                         shared=set(a["shared"]), batches=a["batches"], probes=a["probed"]["probes"],
-                         outputs=a["probed"]["outputs"])
+                         shared=set(a["shared"]), batches=a["batches"],
+                         probes=a["probed"]["probes"], outputs=a["probed"]["outputs"])
 
 
 def merge_partials(paths: list[str], keep_matrices: str | Iterable[str] = "all") -> Analysis:
