@@ -66,6 +66,52 @@ def test_dataset_specs(tmp_path, name, options, raw, junk):
         assert len(data.x_train) >= 1 and torch.isfinite(data.x_train).all()
 
 
+KEEL_HEADER = ["@relation r", "@attribute a real [0, 1]", "@attribute b {x, y}",
+               "@attribute c {p, q}", "@inputs a, b", "@outputs c", "@data"]
+keel_noise = st.one_of(st.sampled_from(
+    ["@attribute b integer", "@attribute c {p, p}", "@attribute 'q r' numeric",
+     "@attribute d string", "@attribute e {", "@outputs zz", "@data", "% note", "", "?, x, p",
+     "0.1, x", "nan, y, q", "1e308, x, p", "0.2, z, p", "0.3, x, r", "\x00"]), st.text(max_size=8))
+keel_rows = st.sampled_from(["0.5, x, p", "1, y, q", "0, x, q", "-2.5, y, p"])
+uci_rows = st.sampled_from(["0\t0.5\t1", "1\t1\t0", "2\t-1.25\t2", "3 0 0"])
+uci_noise = st.one_of(st.sampled_from(
+    ["4\t1\t399", "5\t2\t-1", "6\t1\t1e300", "7\tnan\t0", "8\tinf\t1", "9\ta\t1",
+     "10\t0.5", "11\t1\t1.5", "12\t1\t0\t1", ""]), st.text(max_size=6))
+
+
+@FUZZ
+@given(rows=st.lists(keel_rows, max_size=8), noise=st.lists(
+    st.tuples(st.integers(0, 14), keel_noise), max_size=2),
+    table=st.lists(uci_rows, max_size=8), table_noise=st.lists(
+        st.tuples(st.integers(0, 9), uci_noise), max_size=2),
+    split=st.lists(st.lists(st.integers(-1, 8).map(str), max_size=4), max_size=3),
+    junk=st.binary(max_size=4))
+def test_tabular_files(tmp_path, rows, noise, table, table_noise, split, junk):
+    """KEEL .dat files and UCI folders (NAME_R.dat + conxuntos.dat): well-formed ones with a
+    few lines changed, inserted or cut, and bytes appended."""
+    from factcli.data.datasets import load_dataset
+
+    lines = KEEL_HEADER + rows
+    for at, line in noise:
+        lines.insert(min(at, len(lines)), line)
+    keel = tmp_path / "t.dat"
+    keel.write_bytes("\n".join(lines).encode("utf-8", "surrogatepass") + junk)
+    folder = tmp_path / "toy"
+    folder.mkdir(exist_ok=True)  # tmp_path is shared by the examples
+    (folder / "conxuntos.dat").unlink(missing_ok=True)
+    for at, line in table_noise:
+        table.insert(min(at, len(table)), line)
+    (folder / "toy_R.dat").write_text("id\tf\tclase\n" + "\n".join(table),
+                                      errors="surrogatepass")
+    if split:
+        (folder / "conxuntos.dat").write_text("\n".join(" ".join(line) for line in split))
+    for spec in (f"keel:{keel}", f"uci:{folder}"):
+        data = _clean(lambda spec=spec: load_dataset(spec))
+        if data is not None:
+            assert len(data.x_train) >= 1 and torch.isfinite(data.x_train).all()
+            assert data.n_classes is not None and int(data.y_train.max()) < data.n_classes
+
+
 @FUZZ
 @given(model=values, training=values, arch=st.sampled_from(
     ["mlp", "linear", "quadratic", "os:system", 5, None]), width=scalars, depth=scalars,
